@@ -1,0 +1,3 @@
+from fz_trio.cli import main
+
+raise SystemExit(main())
