@@ -1,0 +1,355 @@
+"""One remote WireGuard peer: its handshakes, its sessions and its timers.
+
+The timer rules follow the whitepaper as wireguard-go implements them; each rule is a named
+method (`_on_data_sent`, `_on_authenticated_received`, ...) called at the same points, and each
+timer is a deadline (float or None) that `handle_timeout` fires. Outgoing datagrams are appended
+to the caller's `out` list as (datagram, endpoint).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+
+import attrs
+
+from fz_trio.core import crypto, noise
+from fz_trio.core.cookie import CookieJar
+from fz_trio.core.messages import CookieReply, Initiation, Response, padded_length
+from fz_trio.core.session import IndexTable, Session
+from fz_trio.core.stats import Counters
+from fz_trio.core.timers import TimerConfig
+
+Endpoint = tuple[str, int]
+Transmit = tuple[bytes | bytearray, Endpoint]
+
+# Packets waiting for a session; wireguard-go keeps the same number.
+MAX_STAGED_PACKETS = 128
+
+
+@attrs.define
+class LocalIdentity:
+    private_key: bytes
+    public_key: bytes
+
+
+@attrs.define(eq=False)
+class Peer:
+    identity: LocalIdentity
+    public_key: bytes
+    preshared_key: bytes
+    endpoint: Endpoint | None
+    persistent_keepalive: float | None
+    timers: TimerConfig
+    indices: IndexTable
+    counters: Counters
+    random_bytes: Callable[[int], bytes]
+    mtu: int = 1420
+
+    static_static: bytes = attrs.field(init=False)
+    cookies: CookieJar = attrs.field(init=False)
+
+    # Sessions: `next` is the responder's not-yet-confirmed one.
+    current: Session | None = None
+    previous: Session | None = None
+    next: Session | None = None
+
+    # Handshake as initiator.
+    pending: noise.InitiatorState | None = None
+    last_initiation_sent: float = float("-inf")
+    handshake_attempts: int = 0
+    # Handshake as responder: replay and flood protection.
+    last_timestamp: bytes = bytes(12)
+    last_initiation_consumed: float = float("-inf")
+
+    staged: deque[bytes] = attrs.field(factory=lambda: deque(maxlen=MAX_STAGED_PACKETS))
+
+    # Timer deadlines (None = not armed).
+    retransmit_handshake_at: float | None = None
+    send_keepalive_at: float | None = None
+    new_handshake_at: float | None = None
+    zero_key_material_at: float | None = None
+    persistent_keepalive_at: float | None = None
+    need_another_keepalive: bool = False
+
+    # What `wg show` reports.
+    rx_bytes: int = 0
+    tx_bytes: int = 0
+    last_handshake_wall: float | None = None
+
+    def __attrs_post_init__(self) -> None:
+        self.static_static = crypto.dh(self.identity.private_key, self.public_key)
+        self.cookies = CookieJar(self.public_key)
+
+    # --- outbound data ----------------------------------------------------------------------
+
+    def send_packet(self, packet: bytes | bytearray | memoryview, now: float, wall: float,
+                    out: list[Transmit]) -> None:
+        """Encrypt and send an IP packet, or stage it and start a handshake when there is no session."""
+        session = self.current
+        if session is None or self.endpoint is None or not session.usable_for_sending(now, self.timers):
+            if len(self.staged) == self.staged.maxlen:
+                self.counters.drop("staged_queue_full")
+            self.staged.append(bytes(packet))
+            self.initiate_handshake(now, wall, out, retry=False)
+            return
+        self._seal_and_send(session, packet, now, out)
+        if len(packet):
+            self._on_data_sent(now)
+        if session.needs_rekey_on_send(now, self.timers):
+            self.initiate_handshake(now, wall, out, retry=False)
+
+    def _seal_and_send(self, session: Session, packet: bytes | bytearray | memoryview,
+                       now: float, out: list[Transmit]) -> None:
+        assert self.endpoint is not None
+        size = len(packet)
+        padded = min(padded_length(size), max(size, self.mtu))
+        datagram = session.seal(packet, padded)
+        self.tx_bytes += len(datagram)
+        out.append((datagram, self.endpoint))
+        self._on_authenticated_sent(now)
+
+    def send_keepalive(self, now: float, wall: float, out: list[Transmit]) -> None:
+        if not self.staged:
+            self.send_packet(b"", now, wall, out)
+        else:
+            self._flush_staged(now, wall, out)
+
+    def _flush_staged(self, now: float, wall: float, out: list[Transmit]) -> None:
+        session = self.current
+        if session is None or self.endpoint is None or not session.usable_for_sending(now, self.timers):
+            self.initiate_handshake(now, wall, out, retry=False)
+            return
+        staged, self.staged = self.staged, deque(maxlen=MAX_STAGED_PACKETS)
+        for packet in staged:
+            self.send_packet(packet, now, wall, out)
+
+    # --- handshake as initiator -------------------------------------------------------------
+
+    def initiate_handshake(self, now: float, wall: float, out: list[Transmit], *, retry: bool) -> None:
+        if not retry:
+            if now - self.last_initiation_sent < self.timers.rekey_timeout:
+                return  # one is in flight; its retransmit timer takes over
+            self.handshake_attempts = 0
+        if self.endpoint is None:
+            self.counters.drop("no_endpoint")
+            return
+        if self.pending is not None:
+            self.indices.free(self.pending.local_index)
+        local_index = self.indices.allocate(self)
+        ephemeral = _clamp(self.random_bytes(32))
+        msg, self.pending = noise.create_initiation(
+            local_static_private=self.identity.private_key,
+            local_static_public=self.identity.public_key,
+            remote_static=self.public_key,
+            static_static=self.static_static,
+            local_index=local_index,
+            ephemeral_private=ephemeral,
+            timestamp=noise.tai64n(wall),
+        )
+        datagram = self.cookies.stamp(msg.pack(), now)
+        self.last_initiation_sent = now
+        out.append((datagram, self.endpoint))
+        self.counters.handshake_initiations_sent += 1
+        self._on_authenticated_sent(now)
+        self.retransmit_handshake_at = now + self.timers.rekey_timeout + self._jitter()
+
+    def consume_response(self, msg: Response, raw: bytes, source: Endpoint, now: float, wall: float,
+                         out: list[Transmit]) -> bool:
+        state = self.pending
+        if state is None or state.local_index != msg.receiver:
+            return False
+        try:
+            keys = noise.consume_response(
+                msg, state, local_static_private=self.identity.private_key,
+                preshared_key=self.preshared_key,
+            )
+        except noise.HandshakeError:
+            self.counters.drop("handshake_auth")
+            return False
+        self.pending = None
+        self.endpoint = source
+        session = Session(keys.sending, keys.receiving, keys.local_index, keys.remote_index,
+                          True, now)
+        self.indices.bind(keys.local_index, self, session)
+        # The initiator uses a new session at once; a responder-side `next` becomes `previous`.
+        if self.next is not None:
+            self._drop(self.current)
+            self.current, self.previous, self.next = session, self.next, None
+        else:
+            self._drop(self.previous)
+            self.current, self.previous = session, self.current
+        self.rx_bytes += len(raw)
+        self._on_authenticated_received(now)
+        self._on_session_derived(now)
+        self._on_handshake_complete(wall)
+        # The responder cannot send until it sees traffic on the new session: give it some.
+        self.send_keepalive(now, wall, out)
+        return True
+
+    def consume_cookie_reply(self, reply: CookieReply, now: float) -> bool:
+        if self.pending is None or self.pending.local_index != reply.receiver:
+            return False
+        return self.cookies.consume_reply(reply, now)
+
+    # --- handshake as responder -------------------------------------------------------------
+
+    def answer_initiation(self, consumed: noise.ConsumedInitiation, raw: bytes, source: Endpoint,
+                          now: float, out: list[Transmit]) -> bool:
+        if consumed.timestamp <= self.last_timestamp:
+            self.counters.drop("handshake_replayed_timestamp")
+            return False
+        if now - self.last_initiation_consumed < self.timers.initiations_min_interval:
+            self.counters.drop("handshake_flood")
+            return False
+        self.last_timestamp = consumed.timestamp
+        self.last_initiation_consumed = now
+        self.endpoint = source
+        local_index = self.indices.allocate(self)
+        try:
+            msg, keys = noise.create_response(
+                consumed, preshared_key=self.preshared_key, local_index=local_index,
+                ephemeral_private=_clamp(self.random_bytes(32)),
+            )
+        except noise.HandshakeError:
+            self.indices.free(local_index)
+            self.counters.drop("handshake_auth")
+            return False
+        session = Session(keys.sending, keys.receiving, keys.local_index, keys.remote_index,
+                          False, now)
+        self.indices.bind(local_index, self, session)
+        self._drop(self.next)
+        self._drop(self.previous)
+        self.next, self.previous = session, None
+        self.rx_bytes += len(raw)
+        datagram = self.cookies.stamp(msg.pack(), now)
+        self.tx_bytes += len(datagram)
+        out.append((datagram, source))
+        self.counters.handshake_responses_sent += 1
+        self._on_authenticated_received(now)
+        self._on_authenticated_sent(now)
+        self._on_session_derived(now)
+        return True
+
+    # --- inbound data -----------------------------------------------------------------------
+
+    def session_received(self, session: Session, datagram_len: int, plain_len: int,
+                         source: Endpoint, now: float, wall: float, out: list[Transmit]) -> None:
+        """Bookkeeping after `session` authenticated a datagram (plaintext of `plain_len` bytes)."""
+        self.endpoint = source
+        self.rx_bytes += datagram_len
+        if session is self.next:
+            # First packet on the responder's new session confirms the handshake.
+            self._drop(self.previous)
+            self.previous, self.current, self.next = self.current, session, None
+            self._on_handshake_complete(wall)
+            if self.staged:
+                self._flush_staged(now, wall, out)
+        self._on_authenticated_received(now)
+        if plain_len:
+            self._on_data_received(now)
+        if (session is self.current and session.is_initiator and self.pending is None
+                and now - session.created >= self.timers.receive_side_rekey_age):
+            self.initiate_handshake(now, wall, out, retry=False)
+
+    # --- timers -----------------------------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        deadlines = [d for d in (self.retransmit_handshake_at, self.send_keepalive_at,
+                                 self.new_handshake_at, self.zero_key_material_at,
+                                 self.persistent_keepalive_at) if d is not None]
+        return min(deadlines) if deadlines else None
+
+    def handle_timeout(self, now: float, wall: float, out: list[Transmit]) -> None:
+        if self.retransmit_handshake_at is not None and now >= self.retransmit_handshake_at:
+            self.retransmit_handshake_at = None
+            if self.handshake_attempts > self.timers.max_handshake_attempts:
+                # Give up: REKEY_ATTEMPT_TIME has passed without an answer.
+                self.counters.handshake_timeouts += 1
+                self.send_keepalive_at = None
+                if self.staged:
+                    self.counters.drop("handshake_timeout", len(self.staged))
+                    self.staged.clear()
+                if self.pending is not None:
+                    self.indices.free(self.pending.local_index)
+                    self.pending = None
+                if self.zero_key_material_at is None:
+                    self.zero_key_material_at = now + 3 * self.timers.reject_after_time
+            else:
+                self.handshake_attempts += 1
+                self.initiate_handshake(now, wall, out, retry=True)
+        if self.send_keepalive_at is not None and now >= self.send_keepalive_at:
+            self.send_keepalive_at = None
+            self.send_keepalive(now, wall, out)
+            if self.need_another_keepalive:
+                self.need_another_keepalive = False
+                self.send_keepalive_at = now + self.timers.keepalive_timeout
+        if self.new_handshake_at is not None and now >= self.new_handshake_at:
+            # Data went out but nothing came back: the session is presumed dead.
+            self.new_handshake_at = None
+            self.initiate_handshake(now, wall, out, retry=False)
+        if self.zero_key_material_at is not None and now >= self.zero_key_material_at:
+            self.zero_key_material_at = None
+            self.clear_sessions()
+        if self.persistent_keepalive_at is not None and now >= self.persistent_keepalive_at:
+            self.persistent_keepalive_at = None
+            if self.persistent_keepalive:
+                self.send_keepalive(now, wall, out)
+
+    def _on_data_sent(self, now: float) -> None:
+        if self.new_handshake_at is None:
+            self.new_handshake_at = now + self.timers.new_handshake_after_silence + self._jitter()
+
+    def _on_data_received(self, now: float) -> None:
+        if self.send_keepalive_at is None:
+            self.send_keepalive_at = now + self.timers.keepalive_timeout
+        else:
+            self.need_another_keepalive = True
+
+    def _on_authenticated_sent(self, now: float) -> None:
+        self.send_keepalive_at = None
+        self._on_authenticated_traversal(now)
+
+    def _on_authenticated_received(self, now: float) -> None:
+        self.new_handshake_at = None
+        self._on_authenticated_traversal(now)
+
+    def _on_authenticated_traversal(self, now: float) -> None:
+        if self.persistent_keepalive:
+            self.persistent_keepalive_at = now + self.persistent_keepalive
+
+    def _on_handshake_complete(self, wall: float) -> None:
+        self.retransmit_handshake_at = None
+        self.handshake_attempts = 0
+        self.last_handshake_wall = wall
+        self.counters.handshakes_completed += 1
+
+    def _on_session_derived(self, now: float) -> None:
+        self.zero_key_material_at = now + 3 * self.timers.reject_after_time
+
+    def _jitter(self) -> float:
+        return int.from_bytes(self.random_bytes(2), "little") / 65535 * self.timers.rekey_timeout_jitter_max
+
+    # --- session lifetime -------------------------------------------------------------------
+
+    def _drop(self, session: Session | None) -> None:
+        if session is not None:
+            self.indices.free(session.local_index)
+
+    def clear_sessions(self) -> None:
+        for session in (self.current, self.previous, self.next):
+            self._drop(session)
+        self.current = self.previous = self.next = None
+        if self.pending is not None:
+            self.indices.free(self.pending.local_index)
+            self.pending = None
+
+    def sessions(self) -> list[Session]:
+        return [s for s in (self.current, self.previous, self.next) if s is not None]
+
+
+def _clamp(key: bytes) -> bytes:
+    clamped = bytearray(key)
+    clamped[0] &= 248
+    clamped[31] = (clamped[31] & 127) | 64
+    return bytes(clamped)

@@ -1,0 +1,284 @@
+"""The Tunnel: one local identity, its peers and cryptokey routing — WireGuard without IO.
+
+Drive it with three inputs and drain two outputs:
+
+    tunnel.send_packet(ip_packet, now)             # from TUN
+    tunnel.receive_datagram(data, source, now)     # from UDP
+    tunnel.handle_timeout(now)                     # when now >= tunnel.poll_timeout()
+    tunnel.take_transmits()  -> [(datagram, (host, port)), ...]   # to UDP
+    tunnel.take_tun_packets() -> [ip_packet, ...]                  # to TUN
+
+`now` is a monotonic time in seconds chosen by the caller; the wall clock (needed only for the
+handshake's TAI64N timestamp) is `now + wall_offset`, which the caller keeps current.
+Bad input never raises: it is dropped and counted in `counters`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Callable, Iterable
+
+from fz_trio.core import ip, messages, noise
+from fz_trio.core.allowed_ips import AllowedIPs, Network
+from fz_trio.core.cookie import CookieChecker
+from fz_trio.core.crypto import CryptoError, public_key_of
+from fz_trio.core.messages import MessageError
+from fz_trio.core.peer import Endpoint, LocalIdentity, Peer, Transmit
+from fz_trio.core.session import IndexTable
+from fz_trio.core.stats import Counters
+from fz_trio.core.timers import TimerConfig
+
+# Handshake messages per second above which a responder demands cookies (mac2) first.
+DEFAULT_UNDER_LOAD_THRESHOLD = 64
+_UNDER_LOAD_HOLD = 1.0
+
+
+class TunnelError(ValueError):
+    """A local misuse of the Tunnel API (a bad key, a duplicate peer)."""
+
+
+class Tunnel:
+    def __init__(
+        self,
+        private_key: bytes,
+        *,
+        mtu: int = 1420,
+        timers: TimerConfig | None = None,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+        wall_offset: float = 0.0,
+        under_load_threshold: int = DEFAULT_UNDER_LOAD_THRESHOLD,
+    ) -> None:
+        if len(private_key) != 32:
+            raise TunnelError("private key must be 32 bytes")
+        self.identity = LocalIdentity(private_key, public_key_of(private_key))
+        self.mtu = mtu
+        self.timers = timers or TimerConfig()
+        self.random_bytes = random_bytes
+        self.wall_offset = wall_offset
+        self.counters = Counters()
+        self.peers: dict[bytes, Peer] = {}
+        self.allowed_ips: AllowedIPs[Peer] = AllowedIPs()
+        self.indices = IndexTable(random_bytes)
+        self.cookie_checker = CookieChecker(self.identity.public_key, random_bytes)
+        self.under_load_threshold = under_load_threshold
+        self.force_under_load = False
+        self._handshake_window_start = float("-inf")
+        self._handshakes_in_window = 0
+        self._under_load_until = float("-inf")
+        self._transmits: list[Transmit] = []
+        self._tun_packets: list[bytes] = []
+
+    @property
+    def public_key(self) -> bytes:
+        return self.identity.public_key
+
+    # --- configuration ----------------------------------------------------------------------
+
+    def add_peer(
+        self,
+        public_key: bytes,
+        *,
+        preshared_key: bytes | None = None,
+        allowed_ips: Iterable[Network | str] = (),
+        endpoint: Endpoint | None = None,
+        persistent_keepalive: float | None = None,
+    ) -> Peer:
+        if len(public_key) != 32:
+            raise TunnelError("peer public key must be 32 bytes")
+        if public_key in self.peers:
+            raise TunnelError("peer already exists")
+        if public_key == self.public_key:
+            raise TunnelError("a peer cannot have our own public key")
+        try:
+            peer = Peer(
+                identity=self.identity, public_key=public_key,
+                preshared_key=preshared_key or bytes(32), endpoint=_normalise(endpoint),
+                persistent_keepalive=persistent_keepalive or None, timers=self.timers,
+                indices=self.indices, counters=self.counters, random_bytes=self.random_bytes,
+                mtu=self.mtu,
+            )
+        except CryptoError as e:
+            raise TunnelError(f"peer public key is unusable: {e}") from e
+        self.peers[public_key] = peer
+        self.set_allowed_ips(public_key, allowed_ips)
+        return peer
+
+    def remove_peer(self, public_key: bytes) -> None:
+        peer = self.peers.pop(public_key, None)
+        if peer is not None:
+            peer.clear_sessions()
+            self.allowed_ips.remove_value(peer)
+
+    def set_allowed_ips(self, public_key: bytes, allowed_ips: Iterable[Network | str]) -> None:
+        peer = self.peers[public_key]
+        self.allowed_ips.remove_value(peer)
+        for network in allowed_ips:
+            self.allowed_ips.insert(ipaddress.ip_network(network, strict=False), peer)
+
+    def set_preshared_key(self, public_key: bytes, preshared_key: bytes | None) -> None:
+        self.peers[public_key].preshared_key = preshared_key or bytes(32)
+
+    def start(self, now: float) -> None:
+        """Bring the tunnel up: peers with a persistent keepalive handshake at once, like wg."""
+        wall = now + self.wall_offset
+        for peer in self.peers.values():
+            if peer.persistent_keepalive and peer.endpoint is not None:
+                peer.send_keepalive(now, wall, self._transmits)
+
+    # --- the three inputs -------------------------------------------------------------------
+
+    def send_packet(self, packet: bytes | bytearray | memoryview, now: float) -> None:
+        """An IP packet read from TUN: route it to its peer by destination address."""
+        addrs = ip.addresses(packet)
+        if addrs is None:
+            self.counters.drop("tun_not_ip")
+            return
+        peer = self.allowed_ips.lookup(addrs[1])
+        if peer is None:
+            self.counters.drop("no_route")
+            return
+        before = len(self._transmits)
+        peer.send_packet(packet, now, now + self.wall_offset, self._transmits)
+        self.counters.packets_to_network += len(self._transmits) - before
+
+    def receive_datagram(self, data: bytes | bytearray | memoryview, source: Endpoint,
+                         now: float) -> None:
+        """A UDP datagram from `source`: decrypt, authenticate, route, or drop and count."""
+        kind = messages.message_type(data)
+        if kind == messages.TYPE_TRANSPORT:
+            self._receive_transport(data, source, now)
+        elif kind == 0:
+            self.counters.drop("malformed")
+        else:
+            self._receive_handshake(bytes(data), _normalise(source), now)  # type: ignore[arg-type]
+
+    def handle_timeout(self, now: float) -> None:
+        wall = now + self.wall_offset
+        for peer in list(self.peers.values()):
+            deadline = peer.next_deadline()
+            if deadline is not None and now >= deadline:
+                peer.handle_timeout(now, wall, self._transmits)
+
+    def poll_timeout(self) -> float | None:
+        """The earliest time at which `handle_timeout` has something to do."""
+        deadlines = [d for d in (p.next_deadline() for p in self.peers.values()) if d is not None]
+        return min(deadlines) if deadlines else None
+
+    # --- the two outputs --------------------------------------------------------------------
+
+    def take_transmits(self) -> list[Transmit]:
+        out, self._transmits = self._transmits, []
+        return out
+
+    def take_tun_packets(self) -> list[bytes]:
+        out, self._tun_packets = self._tun_packets, []
+        return out
+
+    # --- inbound ----------------------------------------------------------------------------
+
+    def _receive_transport(self, data: bytes | bytearray | memoryview, source: Endpoint,
+                           now: float) -> None:
+        try:
+            receiver, counter = messages.parse_transport_header(data)
+        except MessageError:
+            self.counters.drop("malformed")
+            return
+        entry = self.indices.get(receiver)
+        if entry is None or entry[1] is None:
+            self.counters.drop("unknown_index")
+            return
+        peer, session = entry
+        if not session.usable_for_receiving(counter, now, self.timers):
+            self.counters.drop("session_expired")
+            return
+        plain = session.open(data, counter)
+        if plain is None:
+            self.counters.drop("replay_or_forged")
+            return
+        packet_len = 0
+        if plain:
+            packet_len = self._inner_length(plain, peer)
+            if packet_len < 0:
+                # Authenticated but not acceptable: still proves the peer is alive.
+                packet_len = 0
+        before = len(self._transmits)
+        peer.session_received(session, len(data), packet_len, _normalise(source), now,
+                              now + self.wall_offset, self._transmits)
+        self.counters.packets_to_network += len(self._transmits) - before
+        if packet_len:
+            self._tun_packets.append(bytes(plain[:packet_len]) if packet_len != len(plain)
+                                     else bytes(plain))
+            self.counters.packets_to_tun += 1
+
+    def _inner_length(self, plain: bytearray, peer: Peer) -> int:
+        """Length of the IP packet inside `plain` without padding, or -1 (counted) to drop it."""
+        addrs = ip.addresses(plain)
+        length = ip.declared_length(plain) if addrs is not None else None
+        if addrs is None or length is None or length > len(plain) or length < 20:
+            self.counters.drop("inner_not_ip")
+            return -1
+        if self.allowed_ips.lookup(addrs[0]) is not peer:
+            self.counters.drop("source_not_allowed")
+            return -1
+        return length
+
+    def _under_load(self, now: float) -> bool:
+        if now - self._handshake_window_start >= 1.0:
+            self._handshake_window_start = now
+            self._handshakes_in_window = 0
+        self._handshakes_in_window += 1
+        if self._handshakes_in_window > self.under_load_threshold:
+            self._under_load_until = now + _UNDER_LOAD_HOLD
+        return self.force_under_load or now < self._under_load_until
+
+    def _receive_handshake(self, data: bytes, source: Endpoint, now: float) -> None:
+        try:
+            msg = messages.parse_handshake(data)
+        except MessageError:
+            self.counters.drop("malformed")
+            return
+        if isinstance(msg, messages.CookieReply):
+            entry = self.indices.get(msg.receiver)
+            if entry is None or not entry[0].consume_cookie_reply(msg, now):
+                self.counters.drop("cookie_reply_rejected")
+            return
+        if not self.cookie_checker.mac1_valid(data):
+            self.counters.drop("handshake_bad_mac1")
+            return
+        if self._under_load(now) and not self.cookie_checker.mac2_valid(data, source, now):
+            reply = self.cookie_checker.make_reply(data, msg.sender, source, now)
+            self._transmits.append((reply.pack(), source))
+            self.counters.cookie_replies_sent += 1
+            return
+        wall = now + self.wall_offset
+        if isinstance(msg, messages.Initiation):
+            try:
+                consumed = noise.consume_initiation(
+                    msg, local_static_private=self.identity.private_key,
+                    local_static_public=self.identity.public_key,
+                )
+            except noise.HandshakeError:
+                self.counters.drop("handshake_auth")
+                return
+            peer = self.peers.get(consumed.remote_static)
+            if peer is None:
+                self.counters.drop("unknown_peer")
+                return
+            peer.answer_initiation(consumed, data, source, now, self._transmits)
+        else:
+            entry = self.indices.get(msg.receiver)
+            if entry is None or entry[1] is not None:
+                self.counters.drop("unknown_index")
+                return
+            entry[0].consume_response(msg, data, source, now, wall, self._transmits)
+
+
+def _normalise(endpoint: Endpoint | tuple | None) -> Endpoint | None:
+    """(host, port) with IPv4-mapped IPv6 folded to IPv4, so one peer has one address form."""
+    if endpoint is None:
+        return None
+    host, port = endpoint[0], endpoint[1]
+    if host.startswith("::ffff:") and "." in host:
+        host = host[7:]
+    return (host, port)
