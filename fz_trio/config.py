@@ -1,0 +1,570 @@
+"""Parser for wg-quick configuration files (``wg0.conf``).
+
+Pure: no sockets, no DNS, no system calls. ``load_config`` is the only function that touches the
+filesystem, and only to read the one file it is given.
+
+The accepted format is the union of what wg(8) ``setconf`` and wg-quick(8) accept, minus the
+wg-quick hooks we do not implement yet (see ``_UNSUPPORTED``). Every problem is reported as a
+``ConfigError`` naming file and line, and key material never appears in a message: a config file
+pasted into a bug report must not leak a key through our error output.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import os
+import re
+from collections.abc import Callable, Iterable
+from pathlib import PurePath
+from typing import Any
+
+import attrs
+from nacl.bindings import crypto_scalarmult_base
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "Endpoint",
+    "InterfaceConfig",
+    "PeerConfig",
+    "decode_key",
+    "load_config",
+    "parse_config",
+]
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+KEY_LEN = 32
+_KEY_B64_LEN = 44  # 32 bytes -> 43 base64 characters + one '='
+
+# The kernel refuses to enable IPv6 on a link below 1280 (RFC 8200); 576 is the IPv4 minimum
+# every host must accept (RFC 791).
+MIN_MTU_IPV4 = 576
+MIN_MTU_IPV6 = 1280
+MAX_MTU = 65535
+
+# IFNAMSIZ is 16 including the NUL terminator.
+_IFNAME_MAX_BYTES = 15
+# Used when parse_config gets a pseudo file name such as "<config>" and no explicit name.
+DEFAULT_INTERFACE_NAME = "wg0"
+
+
+class ConfigError(Exception):
+    """A configuration file is malformed or asks for something we cannot do."""
+
+    def __init__(self, filename: str, line: int | None, message: str) -> None:
+        # Passing all three to Exception keeps the error picklable (trio/threads may carry it).
+        super().__init__(filename, line, message)
+        self.filename = filename
+        self.line = line
+        self.message = message
+
+    def __str__(self) -> str:
+        if self.line is None:
+            return f"{self.filename}: {self.message}"
+        return f"{self.filename}:{self.line}: {self.message}"
+
+
+@attrs.frozen
+class Endpoint:
+    """A peer's UDP address as written in the config; DNS names are resolved by the caller."""
+
+    host: str  # IP literal without brackets, or a DNS name
+    port: int
+
+    def __str__(self) -> str:
+        if ":" in self.host:
+            return f"[{self.host}]:{self.port}"
+        return f"{self.host}:{self.port}"
+
+
+@attrs.frozen
+class PeerConfig:
+    public_key: bytes
+    preshared_key: bytes | None = attrs.field(repr=False)  # a secret, like the private key
+    allowed_ips: tuple[IPNetwork, ...]
+    endpoint: Endpoint | None
+    persistent_keepalive: int | None  # seconds; None means off
+    line: int  # line of the [Peer] header
+
+
+@attrs.frozen
+class InterfaceConfig:
+    private_key: bytes = attrs.field(repr=False)  # kept out of repr so logs never show it
+    addresses: tuple[IPInterface, ...]
+    listen_port: int | None  # None: the kernel picks a port (ListenPort = 0 means the same)
+    mtu: int | None  # None: choose automatically
+    dns_servers: tuple[IPAddress, ...]
+    dns_search: tuple[str, ...]
+
+
+@attrs.frozen
+class Config:
+    interface_name: str
+    interface: InterfaceConfig
+    peers: tuple[PeerConfig, ...]
+
+
+# --------------------------------------------------------------------------------------------
+# Value parsers. Each takes the stripped value text and raises ValueError with a message that is
+# safe to show (never echoing a key).
+
+
+def decode_key(text: str) -> bytes:
+    """Decode a WireGuard key: canonical base64 of exactly 32 bytes, as wg(8) requires."""
+    if len(text) != _KEY_B64_LEN:
+        raise ValueError(
+            f"a key must be {_KEY_B64_LEN} base64 characters encoding {KEY_LEN} bytes, "
+            f"got {len(text)} characters"
+        )
+    if text[-1] != "=" or "=" in text[:-1]:
+        raise ValueError(f"a key must be {_KEY_B64_LEN} base64 characters ending in one '='")
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except ValueError:  # binascii.Error, or non-ASCII text
+        raise ValueError("a key must be valid base64") from None
+    # b64decode ignores the two spare bits of the last character; wg(8) rejects keys where they
+    # are set, so two spellings of one key cannot both be accepted.
+    if len(raw) != KEY_LEN or base64.b64encode(raw).decode("ascii") != text:
+        raise ValueError("a key must be canonical base64 of 32 bytes")
+    return raw
+
+
+def _parse_uint(text: str, low: int, high: int) -> int:
+    # int() would also take "+5", "1_000", non-ASCII digits and raise on 5000-digit strings.
+    if not (text.isascii() and text.isdigit()):
+        raise ValueError(f"expected a number from {low} to {high}, got {text!r}")
+    if len(text.lstrip("0")) > len(str(high)):
+        raise ValueError(f"expected a number from {low} to {high}, got a larger one")
+    value = int(text)
+    if not low <= value <= high:
+        raise ValueError(f"expected a number from {low} to {high}, got {value}")
+    return value
+
+
+_LABEL = r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)"
+_DOMAIN_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
+_DIGITS_AND_DOTS_RE = re.compile(r"[0-9.]+")
+
+
+def _looks_like_ip(token: str) -> bool:
+    # wg-quick's own rule for DNS= entries: digits-and-dots or anything with a colon is an address.
+    return bool(_DIGITS_AND_DOTS_RE.fullmatch(token)) or ":" in token
+
+
+def _check_domain(token: str) -> str:
+    if len(token.rstrip(".")) > 253 or not _DOMAIN_RE.fullmatch(token):
+        raise ValueError(f"{token!r} is not a valid domain name")
+    return token
+
+
+def _parse_ip(token: str) -> IPAddress:
+    try:
+        if ":" in token:
+            return ipaddress.IPv6Address(token)
+        return ipaddress.IPv4Address(token)
+    except ValueError as e:
+        raise ValueError(f"{token!r} is not a valid IP address ({e})") from None
+
+
+def _parse_prefixed(token: str) -> tuple[IPAddress, int]:
+    """Parse "addr" or "addr/len"; no prefix means a single host (/32 or /128)."""
+    if "%" in token:
+        raise ValueError(f"{token!r}: scoped (%zone) addresses are not allowed here")
+    address, slash, prefix_text = token.partition("/")
+    ip = _parse_ip(address)
+    if not slash:
+        return ip, ip.max_prefixlen
+    # Explicit check: ipaddress would also take netmask spellings such as /255.255.255.0,
+    # which wg(8) does not.
+    if not (prefix_text.isascii() and prefix_text.isdigit()) or len(prefix_text) > 3:
+        raise ValueError(f"{token!r}: the prefix length must be a number")
+    prefix = int(prefix_text)
+    if prefix > ip.max_prefixlen:
+        raise ValueError(f"{token!r}: the prefix length must be at most {ip.max_prefixlen}")
+    return ip, prefix
+
+
+def _parse_interface_address(token: str) -> IPInterface:
+    ip, prefix = _parse_prefixed(token)
+    return ipaddress.ip_interface((ip, prefix))
+
+
+def _parse_network(token: str) -> IPNetwork:
+    ip, prefix = _parse_prefixed(token)
+    # strict=False: the kernel masks host bits the same way, so 10.0.0.1/24 means 10.0.0.0/24.
+    return ipaddress.ip_network((ip, prefix), strict=False)
+
+
+def _parse_endpoint(text: str) -> Endpoint:
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket:
+            raise ValueError(f"{text!r} is missing the closing ']'")
+        if not rest.startswith(":"):
+            raise ValueError(f"{text!r} needs ':port' after ']'")
+        if not host or ":" not in host:
+            raise ValueError(f"{text!r}: only IPv6 addresses go in brackets")
+        port_text = rest[1:]
+        try:
+            host = str(ipaddress.IPv6Address(host))
+        except ValueError as e:
+            raise ValueError(f"{host!r} is not a valid IPv6 address ({e})") from None
+    else:
+        host, colon, port_text = text.rpartition(":")
+        if not colon:
+            raise ValueError(f"{text!r} must be host:port")
+        if ":" in host:
+            raise ValueError(f"{text!r}: write an IPv6 endpoint in brackets, like [fd00::1]:51820")
+        if not host:
+            raise ValueError(f"{text!r} has no host")
+        if _looks_like_ip(host):
+            host = str(_parse_ip(host))
+        else:
+            _check_domain(host)
+    try:
+        port = _parse_uint(port_text, 1, 65535)
+    except ValueError as e:
+        raise ValueError(f"bad port in {text!r}: {e}") from None
+    return Endpoint(host, port)
+
+
+def _parse_keepalive(text: str) -> int | None:
+    if text.lower() == "off":
+        return None
+    return _parse_uint(text, 0, 65535) or None
+
+
+def _parse_listen_port(text: str) -> int | None:
+    # 0 asks the kernel for a random port, exactly like leaving the key out.
+    return _parse_uint(text, 0, 65535) or None
+
+
+def _parse_mtu(text: str) -> int:
+    # The IPv6 minimum depends on the addresses, so it is checked once the section is complete.
+    return _parse_uint(text, MIN_MTU_IPV4, MAX_MTU)
+
+
+def _split_list(text: str, *, on_whitespace: bool) -> list[str]:
+    # wg-quick word-splits Address and DNS after replacing commas, so blanks separate items
+    # there too; AllowedIPs goes to wg(8), which only knows commas.
+    pattern = r"[,\s]+" if on_whitespace else r","
+    return [item.strip() for item in re.split(pattern, text) if item.strip()]
+
+
+def _list_parser(
+    parse_item: Callable[[str], Any], *, on_whitespace: bool
+) -> Callable[[str], list[Any]]:
+    def parse(text: str) -> list[Any]:
+        return [parse_item(item) for item in _split_list(text, on_whitespace=on_whitespace)]
+
+    return parse
+
+
+def _parse_dns_token(token: str) -> IPAddress | str:
+    if _looks_like_ip(token):
+        return _parse_ip(token)
+    return _check_domain(token)
+
+
+# --------------------------------------------------------------------------------------------
+# Key tables.
+
+
+@attrs.frozen
+class _KeySpec:
+    name: str  # canonical spelling, used in messages
+    parse: Callable[[str], Any]
+    repeatable: bool = False  # list keys: each line adds items
+
+
+def _specs(*specs: _KeySpec) -> dict[str, _KeySpec]:
+    return {spec.name.lower(): spec for spec in specs}
+
+
+_INTERFACE_KEYS = _specs(
+    _KeySpec("PrivateKey", decode_key),
+    _KeySpec("Address", _list_parser(_parse_interface_address, on_whitespace=True), True),
+    _KeySpec("ListenPort", _parse_listen_port),
+    _KeySpec("MTU", _parse_mtu),
+    _KeySpec("DNS", _list_parser(_parse_dns_token, on_whitespace=True), True),
+)
+
+_PEER_KEYS = _specs(
+    _KeySpec("PublicKey", decode_key),
+    _KeySpec("PresharedKey", decode_key),
+    _KeySpec("AllowedIPs", _list_parser(_parse_network, on_whitespace=False), True),
+    _KeySpec("Endpoint", _parse_endpoint),
+    _KeySpec("PersistentKeepalive", _parse_keepalive),
+)
+
+# wg-quick features we will implement later; refusing them beats silently ignoring a firewall
+# mark or a PostUp hook the user relies on.
+_UNSUPPORTED = {
+    name.lower(): name
+    for name in ("PreUp", "PostUp", "PreDown", "PostDown", "Table", "FwMark", "SaveConfig")
+}
+
+_SECTION_KEYS = {"Interface": _INTERFACE_KEYS, "Peer": _PEER_KEYS}
+_SECTION_NAMES = {name.lower(): name for name in _SECTION_KEYS}
+_HEADER_RE = re.compile(r"\[\s*([^\[\]]*?)\s*\]")
+
+
+# --------------------------------------------------------------------------------------------
+# Reading lines into sections.
+
+
+class _Invalid(Exception):
+    """Internal: a problem at a line; parse_config adds the file name."""
+
+    def __init__(self, line: int | None, message: str) -> None:
+        super().__init__(line, message)
+        self.line = line
+        self.message = message
+
+
+@attrs.define
+class _Section:
+    kind: str  # "Interface" or "Peer"
+    line: int
+    # canonical key name -> parsed values with their line numbers; list keys are flattened
+    values: dict[str, list[tuple[Any, int]]] = attrs.Factory(dict)
+
+    def add(self, spec: _KeySpec, value: Any, line: int) -> None:
+        entries = self.values.setdefault(spec.name, [])
+        if spec.repeatable:
+            entries.extend((item, line) for item in value)
+            return
+        if entries:
+            first = entries[0][1]
+            raise _Invalid(line, f"duplicate {spec.name} in [{self.kind}] (first on line {first})")
+        entries.append((value, line))
+
+    def single(self, name: str) -> tuple[Any, int] | None:
+        entries = self.values.get(name)
+        return entries[0] if entries else None
+
+    def items(self, name: str) -> list[tuple[Any, int]]:
+        return self.values.get(name, [])
+
+
+def _logical_lines(text: str) -> Iterable[tuple[int, str]]:
+    """Yield (line number, content without comment and surrounding blanks), skipping blanks."""
+    text = text.removeprefix("\ufeff")  # editors on other systems may prepend a BOM
+    for number, raw in enumerate(text.split("\n"), start=1):
+        content = raw.split("#", 1)[0].strip()
+        if content:
+            yield number, content
+
+
+def _unknown_key(key: str, kind: str) -> str:
+    lowered = key.lower()
+    if kind == "Interface" and lowered in _UNSUPPORTED:
+        return f"{_UNSUPPORTED[lowered]} is not supported by fz-trio yet"
+    for other, specs in _SECTION_KEYS.items():
+        if other != kind and lowered in specs:
+            return f"{specs[lowered].name} belongs in [{other}], not [{kind}]"
+    return f"unknown key {key!r} in [{kind}]"
+
+
+def _read_sections(text: str) -> list[_Section]:
+    sections: list[_Section] = []
+    current: _Section | None = None
+    for number, content in _logical_lines(text):
+        if content.startswith("["):
+            current = _read_header(content, number)
+            sections.append(current)
+            continue
+        key, equals, value = content.partition("=")
+        key, value = key.strip(), value.strip()
+        # Deliberately not echoing the line: it could be a key pasted on its own.
+        if not equals:
+            raise _Invalid(number, "expected 'Key = Value' or a [Section] header")
+        if not key:
+            raise _Invalid(number, "missing key name before '='")
+        if current is None:
+            raise _Invalid(number, f"{key!r} appears before any [Interface] or [Peer] section")
+        spec = _SECTION_KEYS[current.kind].get(key.lower())
+        if spec is None:
+            raise _Invalid(number, _unknown_key(key, current.kind))
+        if not value and not spec.repeatable:
+            raise _Invalid(number, f"{spec.name} has no value")
+        try:
+            parsed = spec.parse(value)
+        except ValueError as e:
+            raise _Invalid(number, f"invalid {spec.name}: {e}") from None
+        current.add(spec, parsed, number)
+    return sections
+
+
+def _read_header(content: str, number: int) -> _Section:
+    match = _HEADER_RE.fullmatch(content)
+    if match is None:
+        raise _Invalid(number, "malformed section header; expected [Interface] or [Peer]")
+    kind = _SECTION_NAMES.get(match.group(1).lower())
+    if kind is None:
+        raise _Invalid(
+            number, f"unknown section [{match.group(1)}]; expected [Interface] or [Peer]"
+        )
+    return _Section(kind, number)
+
+
+# --------------------------------------------------------------------------------------------
+# Building the value objects and checking what spans several lines.
+
+
+def _build_interface(section: _Section) -> InterfaceConfig:
+    private_key = section.single("PrivateKey")
+    if private_key is None:
+        raise _Invalid(section.line, "[Interface] has no PrivateKey")
+    addresses = _unique_addresses(section.items("Address"))
+    mtu = section.single("MTU")
+    if mtu is not None:
+        _check_mtu(mtu[0], mtu[1], addresses)
+    dns = [value for value, _ in section.items("DNS")]
+    listen_port = section.single("ListenPort")
+    return InterfaceConfig(
+        private_key=private_key[0],
+        addresses=tuple(addresses),
+        listen_port=listen_port[0] if listen_port else None,
+        mtu=mtu[0] if mtu else None,
+        dns_servers=tuple(v for v in dns if not isinstance(v, str)),
+        dns_search=tuple(v for v in dns if isinstance(v, str)),
+    )
+
+
+def _unique_addresses(entries: list[tuple[IPInterface, int]]) -> list[IPInterface]:
+    # `ip address add` fails on the second copy of an address, which would abort `up` midway.
+    first_line: dict[IPAddress, int] = {}
+    for address, line in entries:
+        if address.ip in first_line:
+            raise _Invalid(
+                line, f"duplicate Address {address.ip} (first on line {first_line[address.ip]})"
+            )
+        first_line[address.ip] = line
+    return [address for address, _ in entries]
+
+
+def _check_mtu(mtu: int, line: int, addresses: list[IPInterface]) -> None:
+    if mtu < MIN_MTU_IPV6 and any(address.version == 6 for address in addresses):
+        raise _Invalid(
+            line, f"invalid MTU: an IPv6 Address needs at least {MIN_MTU_IPV6}, got {mtu}"
+        )
+
+
+def _build_peer(section: _Section) -> PeerConfig:
+    public_key = section.single("PublicKey")
+    if public_key is None:
+        raise _Invalid(section.line, "[Peer] has no PublicKey")
+    preshared = section.single("PresharedKey")
+    endpoint = section.single("Endpoint")
+    keepalive = section.single("PersistentKeepalive")
+    allowed = dict.fromkeys(network for network, _ in section.items("AllowedIPs"))
+    return PeerConfig(
+        public_key=public_key[0],
+        preshared_key=preshared[0] if preshared else None,
+        allowed_ips=tuple(allowed),
+        endpoint=endpoint[0] if endpoint else None,
+        persistent_keepalive=keepalive[0] if keepalive else None,
+        line=section.line,
+    )
+
+
+def _check_peer_keys(peer_sections: list[_Section], own_public_key: bytes) -> None:
+    first_line: dict[bytes, int] = {}
+    for section in peer_sections:
+        key, line = section.values["PublicKey"][0]
+        if key == own_public_key:
+            raise _Invalid(line, "PublicKey is this interface's own public key (from PrivateKey)")
+        if key in first_line:
+            raise _Invalid(
+                line, f"two peers have the same PublicKey ([Peer] on line {first_line[key]})"
+            )
+        first_line[key] = section.line
+
+
+def _give_allowed_ips_to_last_peer(peers: list[PeerConfig]) -> list[PeerConfig]:
+    # The kernel keeps one owner per prefix: adding it to a later peer moves it there. Doing the
+    # same here means the Config describes exactly the routing wg(8) would set up.
+    owner: dict[IPNetwork, int] = {}
+    for index, peer in enumerate(peers):
+        for network in peer.allowed_ips:
+            owner[network] = index
+    return [
+        attrs.evolve(
+            peer, allowed_ips=tuple(n for n in peer.allowed_ips if owner[n] == index)
+        )
+        for index, peer in enumerate(peers)
+    ]
+
+
+def _build_config(sections: list[_Section], interface_name: str) -> Config:
+    interfaces = [s for s in sections if s.kind == "Interface"]
+    if not interfaces:
+        raise _Invalid(None, "missing [Interface] section")
+    if len(interfaces) > 1:
+        raise _Invalid(
+            interfaces[1].line, f"second [Interface] section (first on line {interfaces[0].line})"
+        )
+    interface = _build_interface(interfaces[0])
+    peer_sections = [s for s in sections if s.kind == "Peer"]
+    peers = [_build_peer(s) for s in peer_sections]
+    _check_peer_keys(peer_sections, crypto_scalarmult_base(interface.private_key))
+    return Config(interface_name, interface, tuple(_give_allowed_ips_to_last_peer(peers)))
+
+
+# --------------------------------------------------------------------------------------------
+# Interface names and the public entry points.
+
+
+def _check_interface_name(name: str) -> str:
+    """Apply the kernel's dev_valid_name() rules (plus: printable characters only)."""
+    if not name:
+        raise ValueError("the interface name is empty")
+    if len(name.encode("utf-8")) > _IFNAME_MAX_BYTES:
+        raise ValueError(f"interface name {name!r} is longer than {_IFNAME_MAX_BYTES} bytes")
+    if name in (".", ".."):
+        raise ValueError(f"{name!r} is not a valid interface name")
+    if any(c in "/:" or c.isspace() or not c.isprintable() for c in name):
+        raise ValueError(
+            f"interface name {name!r} may not contain '/', ':', whitespace or control characters"
+        )
+    return name
+
+
+def _default_interface_name(filename: str) -> str:
+    if filename.startswith("<") and filename.endswith(">"):
+        return DEFAULT_INTERFACE_NAME  # text not from a file, e.g. "<config>" or "<stdin>"
+    return PurePath(filename).name.removesuffix(".conf")
+
+
+def parse_config(
+    text: str, filename: str = "<config>", interface_name: str | None = None
+) -> Config:
+    """Parse wg-quick config text. The interface name defaults to the file name minus ".conf"."""
+    try:
+        name = _check_interface_name(
+            interface_name if interface_name is not None else _default_interface_name(filename)
+        )
+    except ValueError as e:
+        raise ConfigError(filename, None, str(e)) from None
+    try:
+        return _build_config(_read_sections(text), name)
+    except _Invalid as e:
+        raise ConfigError(filename, e.line, e.message) from None
+
+
+def load_config(path: str | os.PathLike[str], interface_name: str | None = None) -> Config:
+    """Read and parse a config file; read failures are ConfigErrors too, for one error path."""
+    filename = os.fspath(path)
+    try:
+        with open(filename, encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError:
+        raise ConfigError(filename, None, "the file is not valid UTF-8 text") from None
+    except OSError as e:
+        raise ConfigError(filename, None, f"cannot read: {e.strerror or e}") from None
+    return parse_config(text, filename, interface_name)
