@@ -1,0 +1,117 @@
+"""The `fz-trio` command line: up, genkey, pubkey, demo."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import logging
+import os
+import sys
+
+import trio
+
+from fz_trio import __version__
+from fz_trio.core.crypto import encode_key, generate_private_key, public_key_of
+
+
+class CliError(Exception):
+    """An error to print as one line, without a traceback."""
+
+
+def _cmd_genkey(args: argparse.Namespace) -> int:
+    print(encode_key(generate_private_key()))
+    return 0
+
+
+def _cmd_pubkey(args: argparse.Namespace) -> int:
+    text = sys.stdin.read().strip()
+    try:
+        key = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        key = b""
+    if len(key) != 32:
+        raise CliError("pubkey: a base64 private key of 32 bytes is expected on standard input")
+    print(encode_key(public_key_of(key)))
+    return 0
+
+
+def _require_root(what: str) -> None:
+    if os.geteuid() != 0:
+        raise CliError(f"{what} must run as root: it creates a TUN device and changes routes")
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    from fz_trio.config import ConfigError, load_config
+    from fz_trio.shell.netconfig import NetConfigError
+    from fz_trio.shell.runner import ResolveError, run_until_signalled
+    from fz_trio.shell.tun import TunError
+    from fz_trio.shell.udp import UdpError
+
+    try:
+        config = load_config(args.config, interface_name=args.interface)
+    except ConfigError as e:
+        raise CliError(str(e)) from e
+    except OSError as e:
+        raise CliError(f"cannot read {args.config}: {e.strerror}") from e
+    _require_root("fz-trio up")
+    iface = config.interface
+    if iface.dns_servers or iface.dns_search:
+        logging.getLogger("fz_trio").warning(
+            "DNS is set in %s but not applied to the system resolver yet", args.config
+        )
+    try:
+        trio.run(run_until_signalled, config)
+    except (TunError, NetConfigError, UdpError, ResolveError) as e:
+        raise CliError(str(e)) from e
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from fz_trio.demo import run_demo
+
+    _require_root("fz-trio demo")
+    return run_demo(seconds=args.seconds, peer=args.peer)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fz-trio", description="A WireGuard-compatible VPN client on Trio."
+    )
+    parser.add_argument("--version", action="version", version=f"fz-trio {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="bring a tunnel up from a wg-quick config; runs until SIGINT/SIGTERM")
+    up.add_argument("config", help="path to a wg-quick style config, e.g. wg0.conf")
+    up.add_argument("--interface", help="interface name (default: the config file's stem)")
+    up.set_defaults(func=_cmd_up)
+
+    genkey = sub.add_parser("genkey", help="print a new private key (like `wg genkey`)")
+    genkey.set_defaults(func=_cmd_genkey)
+
+    pubkey = sub.add_parser("pubkey", help="read a private key on stdin, print its public key")
+    pubkey.set_defaults(func=_cmd_pubkey)
+
+    demo = sub.add_parser("demo", help="build a test network in namespaces and show a live tunnel")
+    demo.add_argument("--seconds", type=int, default=3, help="throughput test length")
+    demo.add_argument("--peer", choices=["auto", "wireguard-go", "fz-trio"], default="auto",
+                      help="what runs on the far end (default: wireguard-go when installed)")
+    demo.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.func(args))
+    except CliError as e:
+        print(f"fz-trio: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,79 @@
+"""The tunnel's UDP sockets: one IPv4 and one IPv6, on the same port, non-blocking.
+
+Two sockets rather than one dual-stack socket so that an IPv4 endpoint never shows up as an
+IPv4-mapped IPv6 address and a host without IPv6 still works.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+
+import attrs
+
+log = logging.getLogger(__name__)
+
+SO_MARK = getattr(socket, "SO_MARK", 36)
+# connlib asks for large buffers so bursts of a batch don't overflow the kernel queue.
+SOCKET_BUFFER_BYTES = 16 * 1024 * 1024
+
+
+class UdpError(Exception):
+    pass
+
+
+@attrs.define
+class UdpSockets:
+    v4: socket.socket | None
+    v6: socket.socket | None
+    port: int
+
+    def for_host(self, host: str) -> socket.socket | None:
+        return self.v6 if ":" in host else self.v4
+
+    def all(self) -> list[socket.socket]:
+        return [s for s in (self.v4, self.v6) if s is not None]
+
+    def close(self) -> None:
+        for sock in self.all():
+            sock.close()
+
+
+def _tune(sock: socket.socket, fwmark: int | None) -> None:
+    for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+        try:
+            # SO_*BUFFORCE ignores rmem_max/wmem_max when we are root; fall back if refused.
+            force = {socket.SO_SNDBUF: 32, socket.SO_RCVBUF: 33}[option]
+            sock.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER_BYTES)
+        except OSError:
+            sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER_BYTES)
+    if fwmark:
+        sock.setsockopt(socket.SOL_SOCKET, SO_MARK, fwmark)
+    sock.setblocking(False)
+
+
+def open_udp(listen_port: int | None, *, fwmark: int | None = None) -> UdpSockets:
+    """Bind both families to `listen_port` (0/None: the kernel picks one, shared by both)."""
+    port = listen_port or 0
+    v4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        v4.bind(("0.0.0.0", port))
+        _tune(v4, fwmark)
+    except OSError as e:
+        v4.close()
+        raise UdpError(f"cannot bind UDP port {port}: {e.strerror}") from e
+    port = v4.getsockname()[1]
+    v6: socket.socket | None = None
+    try:
+        v6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        v6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        v6.bind(("::", port))
+        _tune(v6, fwmark)
+    except OSError as e:
+        if v6 is not None:
+            v6.close()
+        v6 = None
+        if e.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
+            log.warning("no IPv6 UDP socket on port %d: %s", port, e.strerror)
+    return UdpSockets(v4, v6, port)
