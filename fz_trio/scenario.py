@@ -1,0 +1,151 @@
+"""A WireGuard tunnel across the test network: a server peer in namespace A, a client in B.
+
+Either end is fz-trio (run as `python -m fz_trio up`, exactly as a user would) or wireguard-go.
+The demo, the interop tests and the benchmark all build their tunnels here.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Literal
+
+import attrs
+
+from fz_trio.core.crypto import encode_key, generate_private_key, public_key_of
+from fz_trio.testnet import TestNet, WgPeer, wait_for
+
+Implementation = Literal["fz-trio", "wireguard-go"]
+LISTEN_PORT = 51820
+
+
+@attrs.define
+class Side:
+    implementation: Implementation
+    namespace: str
+    ifname: str
+    private_key: bytes
+    addresses: list[str]
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    @property
+    def public_key(self) -> bytes:
+        return public_key_of(self.private_key)
+
+    def log_tail(self, chars: int = 3000) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+
+def write_config(path: Path, *, private_key: bytes, addresses: list[str], listen_port: int | None,
+                 peer_public: bytes, allowed_ips: list[str], endpoint: str | None,
+                 preshared_key: bytes | None, persistent_keepalive: int | None = None,
+                 mtu: int = 1420) -> None:
+    lines = ["[Interface]", f"PrivateKey = {encode_key(private_key)}",
+             f"Address = {', '.join(addresses)}", f"MTU = {mtu}"]
+    if listen_port is not None:
+        lines.append(f"ListenPort = {listen_port}")
+    lines += ["", "[Peer]", f"PublicKey = {encode_key(peer_public)}",
+              f"AllowedIPs = {', '.join(allowed_ips)}"]
+    if preshared_key is not None:
+        lines.append(f"PresharedKey = {encode_key(preshared_key)}")
+    if endpoint is not None:
+        lines.append(f"Endpoint = {endpoint}")
+    if persistent_keepalive:
+        lines.append(f"PersistentKeepalive = {persistent_keepalive}")
+    path.write_text("\n".join(lines) + "\n")
+    os.chmod(path, 0o600)
+
+
+@attrs.define
+class TunnelPair:
+    """Server (namespace A, listens on 51820) and client (namespace B, has the endpoint)."""
+
+    net: TestNet
+    server_impl: Implementation
+    client_impl: Implementation
+    use_psk: bool = False
+    ipv6_underlay: bool = False
+    extra_args: list[str] = attrs.Factory(list)
+    server: Side = attrs.field(init=False)
+    client: Side = attrs.field(init=False)
+    psk: bytes | None = attrs.field(init=False, default=None)
+
+    def __attrs_post_init__(self) -> None:
+        net = self.net
+        self.server = Side(self.server_impl, net.ns_a, f"fza{net.suffix}", generate_private_key(),
+                           [f"{net.tunnel_a4}/24", f"{net.tunnel_a6}/64"])
+        self.client = Side(self.client_impl, net.ns_b, f"fzb{net.suffix}", generate_private_key(),
+                           [f"{net.tunnel_b4}/24", f"{net.tunnel_b6}/64"])
+        if self.use_psk:
+            self.psk = os.urandom(32)
+
+    @property
+    def server_endpoint(self) -> str:
+        if self.ipv6_underlay:
+            return f"[{self.net.underlay6_a}]:{LISTEN_PORT}"
+        return f"{self.net.underlay_a}:{LISTEN_PORT}"
+
+    def start(self, timeout: float = 20.0) -> None:
+        """Start both ends and wait until a ping crosses the tunnel both ways."""
+        net = self.net
+        self._start_side(self.server, peer=self.client, listen_port=LISTEN_PORT, endpoint=None,
+                         allowed=[f"{net.tunnel_b4}/32", f"{net.tunnel_b6}/128"])
+        self._start_side(self.client, peer=self.server, listen_port=None,
+                         endpoint=self.server_endpoint,
+                         allowed=[f"{net.tunnel_a4}/32", f"{net.tunnel_a6}/128"])
+        wait_for(lambda: self.ping(self.client.namespace, net.tunnel_a4, count=1, check=False),
+                 timeout, what=f"a ping through the tunnel\nserver log:\n{self.server.log_tail()}"
+                               f"\nclient log:\n{self.client.log_tail()}")
+
+    def _start_side(self, side: Side, *, peer: Side, listen_port: int | None,
+                    endpoint: str | None, allowed: list[str]) -> None:
+        if side.implementation == "wireguard-go":
+            side.process = self.net.start_wireguard_go(
+                side.namespace, side.ifname, private_key=side.private_key, listen_port=listen_port,
+                peers=[WgPeer(peer.public_key, allowed, endpoint=endpoint,
+                              preshared_key=self.psk)],
+                addresses=side.addresses,
+            )
+            side.log_path = self.net.tmpdir / f"wireguard-go-{side.namespace}-{side.ifname}.log"
+            return
+        conf = self.net.tmpdir / f"{side.ifname}.conf"
+        write_config(conf, private_key=side.private_key, addresses=side.addresses,
+                     listen_port=listen_port, peer_public=peer.public_key, allowed_ips=allowed,
+                     endpoint=endpoint, preshared_key=self.psk)
+        side.log_path = self.net.tmpdir / f"fz-trio-{side.ifname}.log"
+        with open(side.log_path, "wb") as log:
+            side.process = self.net.popen(
+                side.namespace, sys.executable, "-m", "fz_trio", "up", str(conf), *self.extra_args,
+                env=self.net.python_env(), stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+        def device_up() -> bool:
+            if side.process is not None and side.process.poll() is not None:
+                raise RuntimeError(f"fz-trio exited with {side.process.returncode}:\n"
+                                   + side.log_tail())
+            return "up: mtu" in side.log_tail()
+
+        wait_for(device_up, 15.0, what=f"fz-trio {side.ifname} to come up")
+
+    def ping(self, ns: str, address: str, *, count: int = 3, check: bool = True) -> bool:
+        result = self.net.run(ns, "ping", "-c", str(count), "-i", "0.2", "-W", "1", address,
+                              check=False, timeout=10 + count)
+        if check and result.returncode != 0:
+            raise AssertionError(f"ping {address} from {ns} failed:\n{result.stdout}")
+        return result.returncode == 0
+
+    def stop_fz_trio(self, side: Side, timeout: float = 5.0) -> float:
+        """SIGTERM an fz-trio end; returns how long it took to exit."""
+        assert side.process is not None and side.implementation == "fz-trio"
+        started = time.monotonic()
+        side.process.send_signal(signal.SIGTERM)
+        side.process.wait(timeout)
+        return time.monotonic() - started
