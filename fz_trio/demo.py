@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import shutil
-import subprocess
-import time
 
-from fz_trio.scenario import TunnelPair
+from fz_trio.scenario import TunnelPair, iperf3
 from fz_trio.testnet import TestNet, netns_unavailable_reason
 
 
@@ -39,7 +36,7 @@ def run_demo(*, seconds: int = 3, peer: str = "auto") -> int:
                 return 1
         if shutil.which("iperf3"):
             for reverse in (False, True):
-                mbits = _iperf(net, seconds, reverse)
+                mbits = iperf3(net, seconds=seconds, reverse=reverse)["mbits"]
                 direction = f"{peer} -> fz-trio" if reverse else f"fz-trio -> {peer}"
                 _say(f"4. iperf3 TCP for {seconds} s, {direction}: {mbits:.0f} Mbit/s")
         else:
@@ -48,22 +45,3 @@ def run_demo(*, seconds: int = 3, peer: str = "auto") -> int:
         _say("5. Stopping the tunnel and removing the namespaces.")
     _say("Done: nothing is left behind.")
     return 0
-
-
-def _iperf(net: TestNet, seconds: int, reverse: bool) -> float:
-    server = net.popen(net.ns_a, "iperf3", "-s", "-1", "-B", net.tunnel_a4,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        argv = ["iperf3", "-c", net.tunnel_a4, "-t", str(seconds), "--json", "--connect-timeout", "3000"]
-        if reverse:
-            argv.append("-R")
-        for _ in range(20):  # the server needs a moment to listen
-            result = net.run(net.ns_b, *argv, check=False, timeout=seconds + 30)
-            if result.returncode == 0:
-                end = json.loads(result.stdout)["end"]
-                return float(end["sum_received"]["bits_per_second"]) / 1e6
-            time.sleep(0.1)
-        raise RuntimeError(f"iperf3 failed: {result.stdout[-500:]} {result.stderr[-500:]}")
-    finally:
-        server.kill()
-        server.wait()

@@ -6,6 +6,7 @@ The demo, the interop tests and the benchmark all build their tunnels here.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -149,3 +150,30 @@ class TunnelPair:
         side.process.send_signal(signal.SIGTERM)
         side.process.wait(timeout)
         return time.monotonic() - started
+
+
+def iperf3(net: TestNet, *, seconds: int, reverse: bool = False, streams: int = 1,
+           port: int = 5201) -> dict[str, float]:
+    """One iperf3 TCP run from namespace B to the server address in A; Mbit/s received and
+    retransmits. The server is started fresh for each run and waited for until it listens."""
+    server = net.popen(net.ns_a, "iperf3", "-s", "-1", "-B", net.tunnel_a4, "-p", str(port),
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: f":{port} " in net.run(net.ns_a, "ss", "-ltnH").stdout, 10.0,
+                 what="iperf3 server to listen")
+        argv = ["iperf3", "-c", net.tunnel_a4, "-p", str(port), "-t", str(seconds), "-P",
+                str(streams), "--json"]
+        if reverse:
+            argv.append("-R")
+        result = net.run(net.ns_b, *argv, check=False, timeout=seconds + 60)
+        report = json.loads(result.stdout or "{}")
+        if result.returncode != 0 or "error" in report:
+            raise RuntimeError(f"iperf3 failed: {report.get('error', result.stderr.strip())}")
+        end = report["end"]
+        return {
+            "mbits": float(end["sum_received"]["bits_per_second"]) / 1e6,
+            "retransmits": float(end["sum_sent"].get("retransmits", 0)),
+        }
+    finally:
+        server.kill()
+        server.wait()
