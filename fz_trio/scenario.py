@@ -73,6 +73,7 @@ class TunnelPair:
     client_impl: Implementation
     use_psk: bool = False
     ipv6_underlay: bool = False
+    full_tunnel: bool = False  # the client routes everything (0.0.0.0/0, ::/0) through the server
     extra_args: list[str] = attrs.Factory(list)
     server: Side = attrs.field(init=False)
     client: Side = attrs.field(init=False)
@@ -98,9 +99,10 @@ class TunnelPair:
         net = self.net
         self._start_side(self.server, peer=self.client, listen_port=LISTEN_PORT, endpoint=None,
                          allowed=[f"{net.tunnel_b4}/32", f"{net.tunnel_b6}/128"])
+        client_allowed = (["0.0.0.0/0", "::/0"] if self.full_tunnel
+                          else [f"{net.tunnel_a4}/32", f"{net.tunnel_a6}/128"])
         self._start_side(self.client, peer=self.server, listen_port=None,
-                         endpoint=self.server_endpoint,
-                         allowed=[f"{net.tunnel_a4}/32", f"{net.tunnel_a6}/128"])
+                         endpoint=self.server_endpoint, allowed=client_allowed)
         wait_for(lambda: self.ping(self.client.namespace, net.tunnel_a4, count=1, check=False),
                  timeout, what=f"a ping through the tunnel\nserver log:\n{self.server.log_tail()}"
                                f"\nclient log:\n{self.client.log_tail()}")

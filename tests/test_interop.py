@@ -129,3 +129,25 @@ def test_shutdown_is_fast_and_clean(testnet: TestNet) -> None:
     assert "100.64." not in routes, routes
     addrs = testnet.run(testnet.ns_b, "ip", "-6", "addr", "show").stdout
     assert "fd00:64::" not in addrs, addrs
+
+
+def test_full_tunnel_like_wg_quick(testnet: TestNet) -> None:
+    """AllowedIPs 0.0.0.0/0, ::/0: the default route goes through the tunnel (table 51820), our
+    own fwmarked UDP packets do not, and more specific main-table routes still win, as in wg-quick.
+    Only `ip route get` is asked about the off-net addresses: nothing is sent to them."""
+    pair = TunnelPair(testnet, server_impl="wireguard-go", client_impl="fz-trio", full_tunnel=True)
+    pair.start()
+    ns_b, dev = testnet.ns_b, f"dev {pair.client.ifname}"
+    assert dev in testnet.run(ns_b, "ip", "route", "get", "100.127.0.1").stdout
+    assert dev in testnet.run(ns_b, "ip", "-6", "route", "get", "fd00:99::1").stdout
+    marked = testnet.run(ns_b, "ip", "route", "get", "100.127.0.1", "mark", "51820",
+                         check=False).stdout
+    assert dev not in marked, marked
+    pair.ping(ns_b, testnet.tunnel_a4)
+    pair.ping(ns_b, testnet.tunnel_a6)
+    shown = testnet.run(testnet.ns_a, "wg", "show", pair.server.ifname, "transfer").stdout.split()
+    assert int(shown[1]) > 0 and int(shown[2]) > 0, shown
+    pair.stop_fz_trio(pair.client)
+    rules = testnet.run(ns_b, "ip", "rule", "show").stdout
+    assert "51820" not in rules, rules
+    assert dev not in testnet.run(ns_b, "ip", "route", "get", "100.127.0.1", check=False).stdout
