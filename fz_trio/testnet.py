@@ -24,6 +24,7 @@ import secrets
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -392,11 +393,13 @@ class TestNet:
         """
         self._check_ns(ns)
         sock = WG_SOCKET_DIR / f"{ifname}.sock"
-        if ifname in self._wg_ifnames or sock.exists():
+        if ifname in self._wg_ifnames or _uapi_in_use(sock):
             raise TestNetError(
-                f"{sock} already exists: wireguard-go's control socket is shared by all "
+                f"{sock} is in use: wireguard-go's control socket is shared by all "
                 f"namespaces, so interface names must be unique on this host (got {ifname!r})"
             )
+        # A stale socket (its wireguard-go was SIGKILLed) would fool the readiness check below.
+        sock.unlink(missing_ok=True)
         log_path = self.tmpdir / f"wireguard-go-{ns}-{ifname}.log"
         log = open(log_path, "wb")  # noqa: SIM115 - the child owns it from here
         try:
@@ -556,6 +559,21 @@ def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
             proc.send_signal(sig)
     except ProcessLookupError:
         pass
+
+
+def _uapi_in_use(sock: Path) -> bool:
+    """Whether a live process listens on a wireguard UAPI socket (not just a stale file)."""
+    if not sock.exists():
+        return False
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(2)
+        try:
+            s.connect(str(sock))
+        except (ConnectionRefusedError, FileNotFoundError):
+            return False
+        except OSError:
+            return True  # e.g. a timeout: someone is there but busy; do not steal the name
+    return True
 
 
 def _netns_pids(ns: str) -> list[int]:

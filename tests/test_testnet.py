@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import shutil
+import socket
 import subprocess
 
 import pytest
@@ -130,3 +131,21 @@ def test_failed_create_leaves_nothing(needs_root_netns: None) -> None:
     with pytest.raises(TestNetError):
         net.create()
     assert not {net.ns_a, net.ns_b} & list_namespaces()
+
+
+@pytest.mark.netns
+def test_stale_wireguard_socket_is_replaced(testnet: TestNet) -> None:
+    """A control socket left behind by a SIGKILLed wireguard-go must not block the name."""
+    name = f"wgs{testnet.suffix}"
+    sock = WG_SOCKET_DIR / f"{name}.sock"
+    WG_SOCKET_DIR.mkdir(parents=True, exist_ok=True)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.bind(str(sock))  # bound, never listening: connect() is refused, like a dead daemon's
+    try:
+        testnet.start_wireguard_go(
+            testnet.ns_a, name, private_key=genkey(), listen_port=None, peers=[], addresses=[]
+        )
+        assert testnet.run(testnet.ns_a, "wg", "show", name).returncode == 0
+    finally:
+        testnet.destroy()
+    assert not sock.exists()
