@@ -188,7 +188,11 @@ class Peer:
         return True
 
     def consume_cookie_reply(self, reply: CookieReply, now: float) -> bool:
-        if self.pending is None or self.pending.local_index != reply.receiver:
+        # A reply answers our pending initiation or, from an initiator under load, the response
+        # we sent (addressed to its index, our unconfirmed `next` session), as in wireguard-go.
+        pending = self.pending is not None and self.pending.local_index == reply.receiver
+        responded = self.next is not None and self.next.local_index == reply.receiver
+        if not (pending or responded):
             return False
         return self.cookies.consume_reply(reply, now)
 
