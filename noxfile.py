@@ -1,4 +1,4 @@
-"""Developer sessions: `nox -s tests`, `nox -s lint`, `nox -s demo`."""
+"""Developer sessions: `nox -s tests`, `nox -s lint`, `nox -s demo`, `nox -s bench`."""
 
 from __future__ import annotations
 
@@ -25,3 +25,14 @@ def lint(session: nox.Session) -> None:
 def demo(session: nox.Session) -> None:
     session.install("-e", ".")
     session.run("fz-trio", "demo", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Core micro-benchmark, then iperf3 through every tunnel pair (root, wireguard-go, iperf3).
+
+    Options go after `--`: `nox -s bench -- --seconds 5 --pairs wggo-wggo,fz-fz`; see
+    `python -m fz_trio.bench --help` and docs/performance.md.
+    """
+    session.install("-e", ".")
+    session.run("python", "-m", "fz_trio.bench", *session.posargs)
