@@ -8,6 +8,7 @@ import binascii
 import logging
 import os
 import sys
+from functools import partial
 
 import trio
 
@@ -61,7 +62,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
             "DNS is set in %s but not applied to the system resolver yet", args.config
         )
     try:
-        trio.run(run_until_signalled, config)
+        trio.run(partial(run_until_signalled, config, tun_queues=args.tun_queues,
+                         gso=not args.no_gso))
     except (TunError, NetConfigError, UdpError, ResolveError) as e:
         raise CliError(str(e)) from e
     return 0
@@ -72,6 +74,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     _require_root("fz-trio demo")
     return run_demo(seconds=args.seconds, peer=args.peer)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 64:
+        raise argparse.ArgumentTypeError("must be between 1 and 64")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="bring a tunnel up from a wg-quick config; runs until SIGINT/SIGTERM")
     up.add_argument("config", help="path to a wg-quick style config, e.g. wg0.conf")
     up.add_argument("--interface", help="interface name (default: the config file's stem)")
+    up.add_argument("--tun-queues", type=_positive_int, default=1, metavar="N",
+                    help="TUN queues, each with a reader and a writer thread (default 1)")
+    up.add_argument("--no-gso", action="store_true",
+                    help="send each UDP datagram with its own syscall (no UDP GSO)")
     up.set_defaults(func=_cmd_up)
 
     genkey = sub.add_parser("genkey", help="print a new private key (like `wg genkey`)")

@@ -113,20 +113,17 @@ def xaead_decrypt(key: bytes, nonce: bytes, ciphertext: bytes, aad: bytes) -> by
 # No module-level scratch buffers: later data paths seal from several threads at once.
 
 
-def seal_into(
-    key: bytes, counter: int, out: bytearray, out_offset: int, plain: bytearray, plain_len: int
-) -> int:
-    """Encrypt `plain[:plain_len]` into `out[out_offset:]`; returns the ciphertext length.
+def seal_in_place(key: bytes, counter: int, buffer: bytearray, offset: int, length: int) -> int:
+    """Encrypt `buffer[offset:offset+length]` in place and write the tag right after it.
 
-    `out` and `plain` may be the same buffer at the same offset (libsodium allows in-place use).
+    Returns the ciphertext length (length + 16); the buffer must have room for the tag.
     """
     nonce = b"\x00\x00\x00\x00" + counter.to_bytes(8, "little")
-    dst = ffi.from_buffer(out)
-    src = ffi.from_buffer(plain)
+    ptr = ffi.from_buffer(buffer) + offset
     lib.crypto_aead_chacha20poly1305_ietf_encrypt(
-        dst + out_offset, ffi.NULL, src, plain_len, ffi.NULL, 0, ffi.NULL, nonce, key
+        ptr, ffi.NULL, ptr, length, ffi.NULL, 0, ffi.NULL, nonce, key
     )
-    return plain_len + TAG_LEN
+    return length + TAG_LEN
 
 
 def open_into(

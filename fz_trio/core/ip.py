@@ -23,3 +23,18 @@ def declared_length(packet: bytes | bytearray | memoryview) -> int | None:
     if version == 6 and len(packet) >= 40:
         return 40 + ((packet[4] << 8) | packet[5])
     return None
+
+
+def flow_hash(packet: bytes | bytearray | memoryview) -> int:
+    """A hash that is equal for every packet of one transport flow (addresses, protocol, ports).
+
+    Used to pin a flow to one TUN writer queue so that several queues never reorder it. Packets
+    that are not IPv4/IPv6 all hash alike.
+    """
+    version = packet[0] >> 4 if packet else 0
+    if version == 4 and len(packet) >= 20:
+        ihl = (packet[0] & 0x0F) * 4
+        return hash((bytes(packet[9:10]), bytes(packet[12:20]), bytes(packet[ihl:ihl + 4])))
+    if version == 6 and len(packet) >= 40:
+        return hash((bytes(packet[6:7]), bytes(packet[8:44])))
+    return 0

@@ -15,7 +15,9 @@ import attrs
 
 from fz_trio.core import crypto, noise
 from fz_trio.core.cookie import CookieJar
-from fz_trio.core.messages import CookieReply, Initiation, Response, padded_length
+from fz_trio.core.crypto import TAG_LEN
+from fz_trio.core.gso import GsoBatcher
+from fz_trio.core.messages import TRANSPORT_HEADER_LEN, CookieReply, Response
 from fz_trio.core.session import IndexTable, Session
 from fz_trio.core.stats import Counters
 from fz_trio.core.timers import TimerConfig
@@ -84,7 +86,7 @@ class Peer:
     # --- outbound data ----------------------------------------------------------------------
 
     def send_packet(self, packet: bytes | bytearray | memoryview, now: float, wall: float,
-                    out: list[Transmit]) -> None:
+                    out: GsoBatcher) -> None:
         """Encrypt and send an IP packet, or stage it and start a handshake when there is no session."""
         session = self.current
         if session is None or self.endpoint is None or not session.usable_for_sending(now, self.timers):
@@ -100,22 +102,23 @@ class Peer:
             self.initiate_handshake(now, wall, out, retry=False)
 
     def _seal_and_send(self, session: Session, packet: bytes | bytearray | memoryview,
-                       now: float, out: list[Transmit]) -> None:
-        assert self.endpoint is not None
+                       now: float, out: GsoBatcher) -> None:
+        endpoint = self.endpoint
         size = len(packet)
-        padded = min(padded_length(size), max(size, self.mtu))
-        datagram = session.seal(packet, padded)
-        self.tx_bytes += len(datagram)
-        out.append((datagram, self.endpoint))
+        padded = min((size + 15) & ~15, max(size, self.mtu))
+        length = TRANSPORT_HEADER_LEN + padded + TAG_LEN
+        buffer, offset = out.reserve(endpoint, length)
+        session.seal_into(buffer, offset, packet, padded)
+        self.tx_bytes += length
         self._on_authenticated_sent(now)
 
-    def send_keepalive(self, now: float, wall: float, out: list[Transmit]) -> None:
+    def send_keepalive(self, now: float, wall: float, out: GsoBatcher) -> None:
         if not self.staged:
             self.send_packet(b"", now, wall, out)
         else:
             self._flush_staged(now, wall, out)
 
-    def _flush_staged(self, now: float, wall: float, out: list[Transmit]) -> None:
+    def _flush_staged(self, now: float, wall: float, out: GsoBatcher) -> None:
         session = self.current
         if session is None or self.endpoint is None or not session.usable_for_sending(now, self.timers):
             self.initiate_handshake(now, wall, out, retry=False)
@@ -126,7 +129,7 @@ class Peer:
 
     # --- handshake as initiator -------------------------------------------------------------
 
-    def initiate_handshake(self, now: float, wall: float, out: list[Transmit], *, retry: bool) -> None:
+    def initiate_handshake(self, now: float, wall: float, out: GsoBatcher, *, retry: bool) -> None:
         if not retry:
             if now - self.last_initiation_sent < self.timers.rekey_timeout:
                 return  # one is in flight; its retransmit timer takes over
@@ -155,7 +158,7 @@ class Peer:
         self.retransmit_handshake_at = now + self.timers.rekey_timeout + self._jitter()
 
     def consume_response(self, msg: Response, raw: bytes, source: Endpoint, now: float, wall: float,
-                         out: list[Transmit]) -> bool:
+                         out: GsoBatcher) -> bool:
         state = self.pending
         if state is None or state.local_index != msg.receiver:
             return False
@@ -199,7 +202,7 @@ class Peer:
     # --- handshake as responder -------------------------------------------------------------
 
     def answer_initiation(self, consumed: noise.ConsumedInitiation, raw: bytes, source: Endpoint,
-                          now: float, out: list[Transmit]) -> bool:
+                          now: float, out: GsoBatcher) -> bool:
         if consumed.timestamp <= self.last_timestamp:
             self.counters.drop("handshake_replayed_timestamp")
             return False
@@ -238,7 +241,7 @@ class Peer:
     # --- inbound data -----------------------------------------------------------------------
 
     def session_received(self, session: Session, datagram_len: int, plain_len: int,
-                         source: Endpoint, now: float, wall: float, out: list[Transmit]) -> None:
+                         source: Endpoint, now: float, wall: float, out: GsoBatcher) -> None:
         """Bookkeeping after `session` authenticated a datagram (plaintext of `plain_len` bytes)."""
         self.endpoint = source
         self.rx_bytes += datagram_len
@@ -264,7 +267,7 @@ class Peer:
                                  self.persistent_keepalive_at) if d is not None]
         return min(deadlines) if deadlines else None
 
-    def handle_timeout(self, now: float, wall: float, out: list[Transmit]) -> None:
+    def handle_timeout(self, now: float, wall: float, out: GsoBatcher) -> None:
         if self.retransmit_handshake_at is not None and now >= self.retransmit_handshake_at:
             self.retransmit_handshake_at = None
             if self.handshake_attempts > self.timers.max_handshake_attempts:

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from fz_trio.core.peer import Peer
 
 _TAG = crypto.TAG_LEN
+_ZEROS = bytes(16)
 
 
 @attrs.define(eq=False)
@@ -52,17 +53,20 @@ class Session:
             self.is_initiator and now - self.created >= timers.rekey_after_time
         )
 
-    def seal(self, packet: bytes | bytearray | memoryview, padded_len: int) -> bytearray:
-        """A complete transport message carrying `packet`, zero-padded to `padded_len`."""
+    def seal_into(self, buffer: bytearray, offset: int,
+                  packet: bytes | bytearray | memoryview, padded_len: int) -> int:
+        """Write a complete transport message carrying `packet` (zero-padded to `padded_len`)
+        at `buffer[offset:]`; returns its length."""
         counter = self.send_counter
         self.send_counter = counter + 1
-        plain_len = len(packet)
-        out = bytearray(TRANSPORT_HEADER_LEN + padded_len + _TAG)
-        TRANSPORT_HEADER.pack_into(out, 0, TYPE_TRANSPORT, self.remote_index, counter)
-        out[TRANSPORT_HEADER_LEN:TRANSPORT_HEADER_LEN + plain_len] = packet
-        crypto.seal_into(self.sending_key, counter, out, TRANSPORT_HEADER_LEN,
-                         memoryview(out)[TRANSPORT_HEADER_LEN:], padded_len)  # type: ignore[arg-type]
-        return out
+        TRANSPORT_HEADER.pack_into(buffer, offset, TYPE_TRANSPORT, self.remote_index, counter)
+        start = offset + TRANSPORT_HEADER_LEN
+        plain_end = start + len(packet)
+        buffer[start:plain_end] = packet
+        if padded_len > len(packet):
+            buffer[plain_end:start + padded_len] = _ZEROS[: padded_len - len(packet)]
+        crypto.seal_in_place(self.sending_key, counter, buffer, start, padded_len)
+        return TRANSPORT_HEADER_LEN + padded_len + _TAG
 
     def open(self, datagram: bytes | bytearray | memoryview, counter: int) -> bytearray | None:
         """The padded plaintext of an authenticated datagram, or None (forged, replayed, too old).

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable
 from fz_trio.core import ip, messages, noise
 from fz_trio.core.allowed_ips import AllowedIPs, Network
 from fz_trio.core.cookie import CookieChecker
+from fz_trio.core.gso import Batch, GsoBatcher
 from fz_trio.core.crypto import CryptoError, public_key_of
 from fz_trio.core.messages import MessageError
 from fz_trio.core.peer import Endpoint, LocalIdentity, Peer, Transmit
@@ -66,8 +67,8 @@ class Tunnel:
         self._handshake_window_start = float("-inf")
         self._handshakes_in_window = 0
         self._under_load_until = float("-inf")
-        self._transmits: list[Transmit] = []
-        self._tun_packets: list[bytes] = []
+        self._transmits = GsoBatcher()
+        self._tun_packets: list[bytearray] = []
 
     @property
     def public_key(self) -> bytes:
@@ -168,10 +169,20 @@ class Tunnel:
     # --- the two outputs --------------------------------------------------------------------
 
     def take_transmits(self) -> list[Transmit]:
-        out, self._transmits = self._transmits, []
+        """Each datagram separately, as bytes (tests, the simulator)."""
+        batches = self._transmits.take()
+        out: list[Transmit] = [(bytes(d), b.endpoint) for b in batches for d in b.datagrams()]
+        self._transmits.recycle(batches)
         return out
 
-    def take_tun_packets(self) -> list[bytes]:
+    def take_batches(self) -> list[Batch]:
+        """Datagrams grouped for UDP GSO (one `sendmsg` each); hand them back with `recycle`."""
+        return self._transmits.take()
+
+    def recycle(self, batches: list[Batch]) -> None:
+        self._transmits.recycle(batches)
+
+    def take_tun_packets(self) -> list[bytearray]:
         out, self._tun_packets = self._tun_packets, []
         return out
 
@@ -207,8 +218,9 @@ class Tunnel:
                               now + self.wall_offset, self._transmits)
         self.counters.packets_to_network += len(self._transmits) - before
         if packet_len:
-            self._tun_packets.append(bytes(plain[:packet_len]) if packet_len != len(plain)
-                                     else bytes(plain))
+            if packet_len != len(plain):
+                del plain[packet_len:]  # the padding
+            self._tun_packets.append(plain)
             self.counters.packets_to_tun += 1
 
     def _inner_length(self, plain: bytearray, peer: Peer) -> int:

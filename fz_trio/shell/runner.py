@@ -11,6 +11,7 @@ After each batch the shell flushes what the core produced: datagrams to UDP, pac
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
@@ -23,16 +24,18 @@ import attrs
 import trio
 
 from fz_trio.config import Config
+from fz_trio.core.gso import MAX_SEGMENTS, Batch
+from fz_trio.core.ip import flow_hash
 from fz_trio.core.tunnel import Tunnel
 from fz_trio.shell.netconfig import InterfaceNetwork
 from fz_trio.shell.tun import TunDevice, open_tun
-from fz_trio.shell.udp import UdpSockets, open_udp
+from fz_trio.shell.tun_threads import READ_BATCH, ReaderHandoff, Waker, run_reader, run_writer
+from fz_trio.shell.udp import UdpSockets, enable_gro, open_udp, receive_segments, send_segments
 
 log = logging.getLogger(__name__)
 
-BATCH = 100  # packets per tick; see docs/architecture.md
 DEFAULT_MTU = 1420
-_RECV_SIZE = 65535
+DEFAULT_TUN_QUEUES = 1  # see docs/performance.md for the measurements behind it
 
 
 class ResolveError(Exception):
@@ -49,6 +52,26 @@ async def resolve_endpoint(host: str, port: int) -> tuple[str, int]:
     return infos[0][4][0], port
 
 
+# Bounded channels hold at most this many packets each way (the design card's 1000): items are
+# batches, so the capacity in items is this divided by the largest batch.
+CHANNEL_PACKETS = 1000
+TICK_PACKETS = 100  # packets the loop takes from TUN per tick (two reader batches)
+INBOUND_TICK_PACKETS = 64  # decrypt at least this many before handing a batch to the writers
+_INBOUND_ITEM_MAX = INBOUND_TICK_PACKETS + MAX_SEGMENTS  # the last recvmsg may add up to 64
+_GSO_REFUSED = (errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP)
+
+
+@attrs.define
+class ShellStats:
+    gso_batches: int = 0
+    gso_fallbacks: int = 0
+    udp_batches_sent: int = 0
+    udp_datagrams_received: int = 0
+    udp_receive_calls: int = 0
+    tun_batches_read: int = 0
+    tun_packets_read: int = 0
+
+
 @attrs.define
 class TunnelShell:
     """A running tunnel: the core plus the fds it is wired to. Live objects for the REPL."""
@@ -58,8 +81,10 @@ class TunnelShell:
     tun: TunDevice
     udp: UdpSockets
     network: InterfaceNetwork
+    gso: bool = True
+    stats: ShellStats = attrs.Factory(ShellStats)
     _timer_scope: trio.CancelScope | None = None
-    _started: trio.Event = attrs.Factory(trio.Event)
+    _writers: list[trio.MemorySendChannel[list[bytearray]]] = attrs.Factory(list)
 
     def now(self) -> float:
         return trio.current_time()
@@ -67,57 +92,129 @@ class TunnelShell:
     def _refresh_wall_offset(self) -> None:
         self.tunnel.wall_offset = time.time() - trio.current_time()
 
-    # --- flushing the core's output ---------------------------------------------------------
+    def _count_error(self, where: str) -> Callable[[int], None]:
+        """A callback for worker threads: counts an errno on the Trio thread."""
+        def count(err: int) -> None:
+            trio.from_thread.run_sync(self.tunnel.counters.drop, f"{where}_error_{err}")
+        return count
 
-    async def flush(self) -> None:
-        for datagram, endpoint in self.tunnel.take_transmits():
-            sock = self.udp.for_host(endpoint[0])
+    # --- core output -> UDP ----------------------------------------------------------------
+
+    async def flush_network(self) -> None:
+        batches = self.tunnel.take_batches()
+        for batch in batches:
+            sock = self.udp.for_host(batch.endpoint[0])
             if sock is None:
-                self.tunnel.counters.drop("no_socket_for_family")
+                self.tunnel.counters.drop("no_socket_for_family", batch.count)
                 continue
-            await _send_datagram(sock, datagram, endpoint, self.tunnel)
-        packets = self.tunnel.take_tun_packets()
-        if packets:
-            fd = self.tun.fds[0]
-            for packet in packets:
-                await _write_tun(fd, packet, self.tunnel)
+            await self._send_batch(sock, batch)
+        self.tunnel.recycle(batches)
         self._reschedule()
+
+    async def _send_batch(self, sock: socket.socket, batch: Batch) -> None:
+        while self.gso or batch.count == 1:
+            try:
+                send_segments(sock, batch.data, batch.segment_size, batch.count, batch.endpoint)
+                self.stats.udp_batches_sent += 1
+                self.stats.gso_batches += batch.count > 1
+                return
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(sock)  # backpressure: the kernel queue is full
+            except OSError as e:
+                if batch.count > 1 and e.errno in _GSO_REFUSED:
+                    log.warning("the kernel refused UDP GSO (%s); sending datagrams one by one",
+                                e.strerror)
+                    self.gso = False
+                    self.stats.gso_fallbacks += 1
+                    break
+                self.tunnel.counters.drop(f"udp_send_error_{e.errno}", batch.count)
+                return
+        for datagram in batch.datagrams():
+            while True:
+                try:
+                    sock.sendto(datagram, batch.endpoint)
+                    self.stats.udp_batches_sent += 1
+                    break
+                except BlockingIOError:
+                    await trio.lowlevel.wait_writable(sock)
+                except OSError as e:
+                    self.tunnel.counters.drop(f"udp_send_error_{e.errno}")
+                    break
+
+    # --- core output -> TUN writer threads --------------------------------------------------
+
+    async def deliver_to_tun(self) -> None:
+        packets = self.tunnel.take_tun_packets()
+        if not packets:
+            return
+        writers = self._writers
+        if len(writers) == 1:
+            await writers[0].send(packets)
+            return
+        # Pin each flow to one writer queue so that queues never reorder a flow.
+        per_queue: list[list[bytearray]] = [[] for _ in writers]
+        n = len(writers)
+        for packet in packets:
+            per_queue[flow_hash(packet) % n].append(packet)
+        for writer, batch in zip(writers, per_queue, strict=True):
+            if batch:
+                await writer.send(batch)
 
     def _reschedule(self) -> None:
         if self._timer_scope is not None:
             deadline = self.tunnel.poll_timeout()
             self._timer_scope.deadline = math.inf if deadline is None else deadline
 
-    # --- tasks ------------------------------------------------------------------------------
+    # --- the loops ----------------------------------------------------------------------------
 
-    async def _tun_reader(self, fd: int) -> None:
-        read = os.read
-        while True:
-            await trio.lowlevel.wait_readable(fd)
+    async def _outbound(self, receive: trio.MemoryReceiveChannel[list[bytes]],
+                        handoff: ReaderHandoff) -> None:
+        """TUN batches -> core (encrypt into GSO batches) -> one sendmsg per batch."""
+        send_packet = self.tunnel.send_packet
+        stats = self.stats
+        async for batch in receive:
             now = self.now()
-            for _ in range(BATCH):
-                try:
-                    packet = read(fd, _RECV_SIZE)
-                except BlockingIOError:
+            taken = 0
+            while True:
+                handoff.consumed()
+                for packet in batch:
+                    send_packet(packet, now)
+                taken += len(batch)
+                stats.tun_batches_read += 1
+                if taken + READ_BATCH > TICK_PACKETS:
                     break
-                self.tunnel.send_packet(packet, now)
-            await self.flush()
+                try:
+                    batch = receive.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+            stats.tun_packets_read += taken
+            await self.flush_network()
 
-    async def _udp_reader(self, sock: socket.socket) -> None:
-        recvfrom = sock.recvfrom
+    async def _inbound(self, sock: socket.socket) -> None:
+        """UDP (GRO) -> core (decrypt) -> TUN writer threads."""
+        buffer = bytearray(65535)
+        view = memoryview(buffer)
+        receive = self.tunnel.receive_datagram
+        stats = self.stats
         while True:
             await trio.lowlevel.wait_readable(sock)
             now = self.now()
-            for _ in range(BATCH):
+            received = 0
+            while received < INBOUND_TICK_PACKETS:
                 try:
-                    data, source = recvfrom(_RECV_SIZE)
+                    nbytes, segment, source = receive_segments(sock, buffer)
                 except BlockingIOError:
                     break
                 except OSError as e:  # e.g. ICMP port unreachable reported on the socket
                     self.tunnel.counters.drop(f"udp_error_{e.errno}")
                     continue
-                self.tunnel.receive_datagram(data, source, now)
-            await self.flush()
+                stats.udp_receive_calls += 1
+                for start in range(0, nbytes, segment):
+                    receive(view[start:min(start + segment, nbytes)], source, now)
+                    received += 1
+            stats.udp_datagrams_received += received
+            await self.flush_network()
+            await self.deliver_to_tun()
 
     async def _timers(self) -> None:
         while True:
@@ -126,48 +223,46 @@ class TunnelShell:
                 await trio.sleep_forever()
             self._refresh_wall_offset()
             self.tunnel.handle_timeout(self.now())
-            await self.flush()
+            await self.flush_network()
 
     async def run(self, task_status: trio.TaskStatus[TunnelShell] = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
-            for fd in self.tun.fds:
-                nursery.start_soon(self._tun_reader, fd)
-            for sock in self.udp.all():
-                nursery.start_soon(self._udp_reader, sock)
-            nursery.start_soon(self._timers)
-            self._refresh_wall_offset()
-            self.tunnel.start(self.now())
-            await self.flush()
-            self._started.set()
-            task_status.started(self)
-
-
-async def _send_datagram(sock: socket.socket, datagram: bytes | bytearray,
-                         endpoint: tuple[str, int], tunnel: Tunnel) -> None:
-    while True:
+        waker = Waker()
+        queues = len(self.tun.fds)
+        limiter = trio.CapacityLimiter(2 * queues)
+        tun_items = CHANNEL_PACKETS // READ_BATCH
+        tun_send, tun_receive = trio.open_memory_channel[list[bytes]](tun_items)
+        handoff = ReaderHandoff(tun_send, tun_items, waker)
         try:
-            sock.sendto(datagram, endpoint)
-            return
-        except BlockingIOError:
-            await trio.lowlevel.wait_writable(sock)  # backpressure: the kernel queue is full
-        except OSError as e:
-            tunnel.counters.drop(f"udp_send_error_{e.errno}")
-            return
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_wake_when_cancelled, waker)
+                read_errors, write_errors = self._count_error("tun_read"), self._count_error("tun_write")
+                for fd in self.tun.fds:
+                    writer_send, writer_receive = trio.open_memory_channel[list[bytearray]](
+                        max(1, CHANNEL_PACKETS // _INBOUND_ITEM_MAX))
+                    self._writers.append(writer_send)
+                    nursery.start_soon(run_reader, fd, waker, handoff, read_errors, limiter)
+                    nursery.start_soon(run_writer, fd, waker, writer_receive, write_errors, limiter)
+                nursery.start_soon(self._outbound, tun_receive, handoff)
+                for sock in self.udp.all():
+                    enable_gro(sock)
+                    nursery.start_soon(self._inbound, sock)
+                nursery.start_soon(self._timers)
+                self._refresh_wall_offset()
+                self.tunnel.start(self.now())
+                await self.flush_network()
+                task_status.started(self)
+        finally:
+            waker.close()
 
 
-async def _write_tun(fd: int, packet: bytes, tunnel: Tunnel) -> None:
-    while True:
-        try:
-            os.write(fd, packet)
-            return
-        except BlockingIOError:
-            await trio.lowlevel.wait_writable(fd)
-        except OSError as e:  # the kernel refused this packet (e.g. EINVAL): count, go on
-            tunnel.counters.drop(f"tun_write_error_{e.errno}")
-            return
+async def _wake_when_cancelled(waker: Waker) -> None:
+    try:
+        await trio.sleep_forever()
+    finally:
+        waker.wake()
 
 
-async def build_tunnel(config: Config, *, tun_queues: int = 1,
+async def build_tunnel(config: Config, *, tun_queues: int = DEFAULT_TUN_QUEUES, gso: bool = True,
                        log_info: Callable[[str], None] = log.info) -> TunnelShell:
     """Create the device, sockets and routes for `config`; the caller must `close_tunnel` it."""
     iface = config.interface
@@ -194,9 +289,10 @@ async def build_tunnel(config: Config, *, tun_queues: int = 1,
                 persistent_keepalive=peer.persistent_keepalive,
             )
         log_info(f"interface {config.interface_name} up: mtu {mtu}, udp port {udp.port}, "
-                 f"{len(config.peers)} peer(s)"
+                 f"{len(config.peers)} peer(s), {tun_queues} TUN queue(s), "
+                 f"UDP GSO {'on' if gso else 'off'}"
                  + (f", full tunnel via table {full_tunnel.fwmark}" if full_tunnel else ""))
-        return TunnelShell(config, tunnel, tun, udp, network)
+        return TunnelShell(config, tunnel, tun, udp, network, gso=gso)
     except BaseException:
         if udp is not None:
             udp.close()
@@ -212,9 +308,10 @@ def close_tunnel(shell: TunnelShell) -> None:
     shell.tun.close()
 
 
-async def run_until_signalled(config: Config, *, tun_queues: int = 1) -> None:
+async def run_until_signalled(config: Config, *, tun_queues: int = DEFAULT_TUN_QUEUES,
+                              gso: bool = True) -> None:
     """`fz-trio up`: run the tunnel until SIGINT/SIGTERM, then tear everything down."""
-    shell = await build_tunnel(config, tun_queues=tun_queues)
+    shell = await build_tunnel(config, tun_queues=tun_queues, gso=gso)
     try:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:
@@ -230,4 +327,4 @@ async def run_until_signalled(config: Config, *, tun_queues: int = 1) -> None:
     finally:
         close_tunnel(shell)
         counters = shell.tunnel.counters.as_dict()
-        log.info("stopped; counters: %s", counters)
+        log.info("stopped; counters: %s; io: %s", counters, attrs.asdict(shell.stats))

@@ -9,6 +9,8 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+import struct
+import sys
 
 import attrs
 
@@ -77,3 +79,44 @@ def open_udp(listen_port: int | None, *, fwmark: int | None = None) -> UdpSocket
         if e.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
             log.warning("no IPv6 UDP socket on port %d: %s", port, e.strerror)
     return UdpSockets(v4, v6, port)
+
+
+# --- UDP GSO (send) and GRO (receive) -----------------------------------------------------------
+# Not in Python 3.11's socket module; values from linux/udp.h.
+SOL_UDP = 17
+UDP_SEGMENT = 103
+UDP_GRO = 104
+_SEGMENT = struct.Struct("=H")
+_GRO_CMSG_SPACE = socket.CMSG_SPACE(4)
+
+
+def enable_gro(sock: socket.socket) -> bool:
+    """Ask the kernel to coalesce received datagrams of one flow; False where unsupported."""
+    try:
+        sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+        return True
+    except OSError:
+        return False
+
+
+def send_segments(sock: socket.socket, data: memoryview, segment_size: int, count: int,
+                  endpoint: tuple[str, int]) -> None:
+    """Send `count` datagrams laid back to back in `data` with one sendmsg (UDP_SEGMENT).
+
+    Raises BlockingIOError when the socket buffer is full, OSError when the kernel refuses GSO.
+    """
+    if count == 1:
+        sock.sendto(data, endpoint)
+    else:
+        sock.sendmsg([data], [(SOL_UDP, UDP_SEGMENT, _SEGMENT.pack(segment_size))], 0, endpoint)
+
+
+def receive_segments(sock: socket.socket, buffer: bytearray) -> tuple[int, int, tuple[str, int]]:
+    """One recvmsg into `buffer`: (bytes, segment size, source). With GRO the bytes may hold many
+    datagrams of `segment size` (the last one shorter); without it, segment size = bytes."""
+    nbytes, ancdata, _flags, source = sock.recvmsg_into([buffer], _GRO_CMSG_SPACE)
+    segment = nbytes
+    for level, kind, data in ancdata:
+        if level == SOL_UDP and kind == UDP_GRO and len(data) >= 4:
+            segment = int.from_bytes(data[:4], sys.byteorder) or nbytes
+    return nbytes, segment, source
