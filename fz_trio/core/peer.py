@@ -233,6 +233,10 @@ class Peer:
         self.tx_bytes += len(datagram)
         out.append((datagram, source))
         self.counters.handshake_responses_sent += 1
+        # A response counts as a handshake sent (wireguard-go's lastSentHandshake, the kernel's
+        # last_sent_handshake): wait REKEY_TIMEOUT for the initiator's confirmation before
+        # initiating ourselves, or data staged meanwhile starts a crossing handshake.
+        self.last_initiation_sent = now
         self._on_authenticated_received(now)
         self._on_authenticated_sent(now)
         self._on_session_derived(now)
