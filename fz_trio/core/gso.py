@@ -98,5 +98,5 @@ class GsoBatcher:
     def recycle(self, batches: list[Batch]) -> None:
         """Give buffers back once sent, so the steady state allocates nothing."""
         for batch in batches:
-            if len(self._free) < 256:
+            if len(self._free) < 64:  # bounds idle memory at 4 MiB
                 self._free.append(batch.buffer)

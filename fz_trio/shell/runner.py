@@ -11,7 +11,7 @@ After each batch the shell flushes what the core produced: datagrams to UDP, pac
 
 from __future__ import annotations
 
-import errno
+import json
 import logging
 import math
 import os
@@ -24,13 +24,13 @@ import attrs
 import trio
 
 from fz_trio.config import Config
-from fz_trio.core.gso import MAX_SEGMENTS, Batch
+from fz_trio.core.gso import MAX_SEGMENTS
 from fz_trio.core.ip import flow_hash
 from fz_trio.core.tunnel import Tunnel
 from fz_trio.shell.netconfig import InterfaceNetwork
 from fz_trio.shell.tun import TunDevice, open_tun
 from fz_trio.shell.tun_threads import READ_BATCH, ReaderHandoff, Waker, run_reader, run_writer
-from fz_trio.shell.udp import UdpSockets, enable_gro, open_udp, receive_segments, send_segments
+from fz_trio.shell.udp import BatchSender, UdpSockets, enable_gro, open_udp, receive_segments
 
 log = logging.getLogger(__name__)
 
@@ -58,14 +58,10 @@ CHANNEL_PACKETS = 1000
 TICK_PACKETS = 100  # packets the loop takes from TUN per tick (two reader batches)
 INBOUND_TICK_PACKETS = 64  # decrypt at least this many before handing a batch to the writers
 _INBOUND_ITEM_MAX = INBOUND_TICK_PACKETS + MAX_SEGMENTS  # the last recvmsg may add up to 64
-_GSO_REFUSED = (errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP)
 
 
 @attrs.define
 class ShellStats:
-    gso_batches: int = 0
-    gso_fallbacks: int = 0
-    udp_batches_sent: int = 0
     udp_datagrams_received: int = 0
     udp_receive_calls: int = 0
     tun_batches_read: int = 0
@@ -81,7 +77,7 @@ class TunnelShell:
     tun: TunDevice
     udp: UdpSockets
     network: InterfaceNetwork
-    gso: bool = True
+    sender: BatchSender
     stats: ShellStats = attrs.Factory(ShellStats)
     _timer_scope: trio.CancelScope | None = None
     _writers: list[trio.MemorySendChannel[list[bytearray]]] = attrs.Factory(list)
@@ -107,39 +103,9 @@ class TunnelShell:
             if sock is None:
                 self.tunnel.counters.drop("no_socket_for_family", batch.count)
                 continue
-            await self._send_batch(sock, batch)
+            await self.sender.send(sock, batch)
         self.tunnel.recycle(batches)
         self._reschedule()
-
-    async def _send_batch(self, sock: socket.socket, batch: Batch) -> None:
-        while self.gso or batch.count == 1:
-            try:
-                send_segments(sock, batch.data, batch.segment_size, batch.count, batch.endpoint)
-                self.stats.udp_batches_sent += 1
-                self.stats.gso_batches += batch.count > 1
-                return
-            except BlockingIOError:
-                await trio.lowlevel.wait_writable(sock)  # backpressure: the kernel queue is full
-            except OSError as e:
-                if batch.count > 1 and e.errno in _GSO_REFUSED:
-                    log.warning("the kernel refused UDP GSO (%s); sending datagrams one by one",
-                                e.strerror)
-                    self.gso = False
-                    self.stats.gso_fallbacks += 1
-                    break
-                self.tunnel.counters.drop(f"udp_send_error_{e.errno}", batch.count)
-                return
-        for datagram in batch.datagrams():
-            while True:
-                try:
-                    sock.sendto(datagram, batch.endpoint)
-                    self.stats.udp_batches_sent += 1
-                    break
-                except BlockingIOError:
-                    await trio.lowlevel.wait_writable(sock)
-                except OSError as e:
-                    self.tunnel.counters.drop(f"udp_send_error_{e.errno}")
-                    break
 
     # --- core output -> TUN writer threads --------------------------------------------------
 
@@ -270,7 +236,8 @@ async def build_tunnel(config: Config, *, tun_queues: int = DEFAULT_TUN_QUEUES, 
     endpoints = {}
     for peer in config.peers:
         if peer.endpoint is not None:
-            endpoints[peer.public_key] = await resolve_endpoint(peer.endpoint.host, peer.endpoint.port)
+            endpoints[peer.public_key] = await resolve_endpoint(peer.endpoint.host,
+                                                                peer.endpoint.port)
     tun = open_tun(config.interface_name, queues=tun_queues)
     network: InterfaceNetwork | None = None
     udp: UdpSockets | None = None
@@ -292,7 +259,7 @@ async def build_tunnel(config: Config, *, tun_queues: int = DEFAULT_TUN_QUEUES, 
                  f"{len(config.peers)} peer(s), {tun_queues} TUN queue(s), "
                  f"UDP GSO {'on' if gso else 'off'}"
                  + (f", full tunnel via table {full_tunnel.fwmark}" if full_tunnel else ""))
-        return TunnelShell(config, tunnel, tun, udp, network, gso=gso)
+        return TunnelShell(config, tunnel, tun, udp, network, BatchSender(tunnel.counters, gso=gso))
     except BaseException:
         if udp is not None:
             udp.close()
@@ -327,4 +294,6 @@ async def run_until_signalled(config: Config, *, tun_queues: int = DEFAULT_TUN_Q
     finally:
         close_tunnel(shell)
         counters = shell.tunnel.counters.as_dict()
-        log.info("stopped; counters: %s; io: %s", counters, attrs.asdict(shell.stats))
+        io = attrs.asdict(shell.stats) | attrs.asdict(
+            shell.sender, filter=lambda a, _: a.name != "counters")
+        log.info("stopped; stats: %s", json.dumps({"counters": counters, "io": io}))

@@ -13,6 +13,10 @@ import struct
 import sys
 
 import attrs
+import trio
+
+from fz_trio.core.gso import Batch
+from fz_trio.core.stats import Counters
 
 log = logging.getLogger(__name__)
 
@@ -120,3 +124,50 @@ def receive_segments(sock: socket.socket, buffer: bytearray) -> tuple[int, int, 
         if level == SOL_UDP and kind == UDP_GRO and len(data) >= 4:
             segment = int.from_bytes(data[:4], sys.byteorder) or nbytes
     return nbytes, segment, source
+
+
+_GSO_REFUSED = (errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP)
+
+
+@attrs.define
+class BatchSender:
+    """Sends the core's GSO batches: one sendmsg each while the kernel accepts UDP_SEGMENT,
+    one sendto per datagram after it refused (the fallback is counted and logged once)."""
+
+    counters: Counters
+    gso: bool = True
+    gso_sends: int = 0
+    plain_sends: int = 0
+    gso_fallbacks: int = 0
+
+    async def send(self, sock: socket.socket, batch: Batch) -> None:
+        while self.gso or batch.count == 1:
+            try:
+                send_segments(sock, batch.data, batch.segment_size, batch.count, batch.endpoint)
+                if batch.count > 1:
+                    self.gso_sends += 1
+                else:
+                    self.plain_sends += 1
+                return
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(sock)  # backpressure: the kernel queue is full
+            except OSError as e:
+                if batch.count > 1 and e.errno in _GSO_REFUSED:
+                    log.warning("the kernel refused UDP GSO (%s); sending datagrams one by one",
+                                e.strerror)
+                    self.gso = False
+                    self.gso_fallbacks += 1
+                    break
+                self.counters.drop(f"udp_send_error_{e.errno}", batch.count)
+                return
+        for datagram in batch.datagrams():
+            while True:
+                try:
+                    sock.sendto(datagram, batch.endpoint)
+                    self.plain_sends += 1
+                    break
+                except BlockingIOError:
+                    await trio.lowlevel.wait_writable(sock)
+                except OSError as e:
+                    self.counters.drop(f"udp_send_error_{e.errno}")
+                    break
