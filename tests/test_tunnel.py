@@ -1,0 +1,890 @@
+"""The Tunnel driven through memory: handshakes, routing, drops, roaming, timers, cookies.
+
+Everything runs on simulated time with the protocol's real timer constants (memnet fires
+`handle_timeout` whenever `poll_timeout()` is due, so minutes pass in milliseconds).
+"""
+
+from __future__ import annotations
+
+import struct
+
+import attrs
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from memnet import Datagram, MemNet, det_random, ipv4_packet, ipv6_packet, private_key, udp
+
+from fz_trio.core import noise
+from fz_trio.core.messages import padded_length
+from fz_trio.core.timers import (
+    KEEPALIVE_TIMEOUT,
+    REKEY_ATTEMPT_TIME,
+    REKEY_TIMEOUT,
+    REKEY_TIMEOUT_JITTER_MAX,
+    TimerConfig,
+)
+from fz_trio.core.tunnel import Tunnel, TunnelError
+
+A_ADDR = ("192.0.2.1", 51820)
+B_ADDR = ("198.51.100.2", 51820)
+C_ADDR = ("203.0.113.3", 51820)
+EVIL = ("203.0.113.66", 4444)
+WALL = 1_700_000_000.0  # wall clock at now == 0; an integer so that TAI64N steps are predictable
+JITTER = REKEY_TIMEOUT_JITTER_MAX
+
+
+def v4(src: str, dst: str, body: bytes = b"hello") -> bytes:
+    return ipv4_packet(src, dst, udp(1000, 2000, body))
+
+
+def v6(src: str, dst: str, body: bytes = b"hello") -> bytes:
+    return ipv6_packet(src, dst, udp(1000, 2000, body))
+
+
+def make_tunnel(name: str, **kwargs: object) -> Tunnel:
+    kwargs.setdefault("wall_offset", WALL)
+    return Tunnel(private_key(name), random_bytes=det_random(name), **kwargs)  # type: ignore[arg-type]
+
+
+@attrs.define
+class Pair:
+    net: MemNet
+    a: Tunnel
+    b: Tunnel
+
+    @property
+    def a_peer(self):  # A's view of B
+        return self.a.peers[self.b.public_key]
+
+    @property
+    def b_peer(self):  # B's view of A
+        return self.b.peers[self.a.public_key]
+
+    def ab(self, body: bytes = b"hello") -> bytes:
+        return v4("10.0.0.1", "10.0.0.2", body)
+
+    def ba(self, body: bytes = b"hello") -> bytes:
+        return v4("10.0.0.2", "10.0.0.1", body)
+
+
+def make_pair(*, latency: float = 0.01, timers: TimerConfig | None = None,
+              psk_a: bytes | None = None, psk_b: bytes | None = None,
+              a_keepalive: float | None = None, b_knows_a: bool = False,
+              connect: bool = False) -> Pair:
+    net = MemNet(latency)
+    a = make_tunnel("a", timers=timers)
+    b = make_tunnel("b", timers=timers)
+    a.add_peer(b.public_key, allowed_ips=["10.0.0.2/32", "fd00::2/128"], endpoint=B_ADDR,
+               preshared_key=psk_a, persistent_keepalive=a_keepalive)
+    b.add_peer(a.public_key, allowed_ips=["10.0.0.1/32", "fd00::1/128"],
+               endpoint=A_ADDR if b_knows_a else None, preshared_key=psk_b)
+    net.add(A_ADDR, a)
+    net.add(B_ADDR, b)
+    pair = Pair(net, a, b)
+    if connect:
+        net.send(a, pair.ab(b"connect"))
+        net.run_for(1.0)
+        assert net.tun[b] == [pair.ab(b"connect")]
+        net.tun[b].clear()
+    return pair
+
+
+def kinds(datagrams: list[Datagram]) -> list[int]:
+    return [d.data[0] for d in datagrams]
+
+
+def sent_by(net: MemNet, address: tuple[str, int], kind: int | None = None,
+            since: float = float("-inf")) -> list[Datagram]:
+    return [d for d in net.wire if d.src == address and d.sent_at >= since
+            and (kind is None or d.data[0] == kind)]
+
+
+def is_keepalive(d: Datagram) -> bool:
+    return d.data[0] == 4 and len(d.data) == 32
+
+
+def total_drops(t: Tunnel) -> int:
+    return sum(t.counters.drops.values())
+
+
+# --- handshake and data -------------------------------------------------------------------
+
+
+def test_handshake_then_ipv4_and_ipv6_both_ways() -> None:
+    p = make_pair()
+    net, a, b = p.net, p.a, p.b
+    first = p.ab(b"first")
+    net.send(a, first)
+    assert kinds(net.wire) == [1]
+    assert len(net.wire[0].data) == 148
+    net.run_for(1.0)
+    # initiation, response, then the staged packet itself confirms the session for B.
+    assert kinds(net.wire) == [1, 2, 4]
+    assert len(net.wire[1].data) == 92
+    assert net.tun[b] == [first]
+    assert a.counters.handshakes_completed == b.counters.handshakes_completed == 1
+    assert p.a_peer.current is not None and p.b_peer.current is not None
+    assert p.a_peer.current.sending_key == p.b_peer.current.receiving_key
+    assert p.b_peer.endpoint == A_ADDR  # learnt from the initiation
+
+    packets_ab = [v4("10.0.0.1", "10.0.0.2", b"x" * n) for n in (0, 1, 100, 1000)]
+    packets_ab += [v6("fd00::1", "fd00::2", b"y" * n) for n in (0, 7, 1200)]
+    packets_ba = [v4("10.0.0.2", "10.0.0.1", b"z" * n) for n in (3, 500)]
+    packets_ba += [v6("fd00::2", "fd00::1", b"w" * n) for n in (0, 999)]
+    for pa, pb in zip(packets_ab, packets_ba + [None] * 3, strict=True):
+        net.send(a, pa)
+        if pb is not None:
+            net.send(b, pb)
+    net.run_for(1.0)
+    assert net.tun[b] == [first] + packets_ab
+    assert net.tun[a] == packets_ba
+    assert not a.counters.drops and not b.counters.drops
+    assert a.counters.packets_to_tun == len(packets_ba)
+    assert b.counters.packets_to_tun == 1 + len(packets_ab)
+
+
+def test_no_handshake_without_endpoint() -> None:
+    p = make_pair()  # B does not know where A is
+    p.net.send(p.b, p.ba())
+    assert p.net.wire == []
+    assert p.b.counters.drops["no_endpoint"] == 1
+
+
+@pytest.mark.parametrize("size", [20, 21, 28, 31, 32, 33, 100, 1399, 1400, 1419, 1420, 1421, 1500])
+def test_padding_on_the_wire_and_stripped_on_arrival(size: int) -> None:
+    p = make_pair(connect=True)
+    packet = ipv4_packet("10.0.0.1", "10.0.0.2", bytes(range(256)) * 6)[:size]
+    packet = packet[:2] + struct.pack("!H", size) + packet[4:]  # total length = size
+    p.net.send(p.a, packet)
+    datagram = p.net.wire[-1].data
+    padded = min(padded_length(size), max(size, 1420))  # never padded beyond the MTU
+    assert len(datagram) == 16 + padded + 16
+    p.net.run_for(0.1)
+    assert p.net.tun[p.b] == [packet]
+
+
+def test_psk_on_both_sides_works_and_mismatch_fails() -> None:
+    psk = bytes(range(32))
+    p = make_pair(psk_a=psk, psk_b=psk, connect=True)
+    assert p.a.counters.handshakes_completed == 1
+    q = make_pair(psk_a=psk, psk_b=None)
+    q.net.send(q.a, q.ab())
+    q.net.run_for(1.0)
+    assert q.a.counters.drops["handshake_auth"] == 1  # the response does not verify
+    assert q.a.counters.handshakes_completed == 0
+    assert q.net.tun[q.b] == []
+
+
+# --- cryptokey routing and drops --------------------------------------------------------------
+
+
+def test_inner_source_not_in_allowed_ips_is_dropped() -> None:
+    p = make_pair(connect=True)
+    for spoof in [v4("10.0.0.99", "10.0.0.1"), v6("fd00::99", "fd00::1"),
+                  v4("10.0.0.2", "10.0.0.1")]:
+        p.net.send(p.b, spoof)
+    p.net.run_for(0.1)
+    assert p.net.tun[p.a] == [v4("10.0.0.2", "10.0.0.1")]
+    assert p.a.counters.drops["source_not_allowed"] == 2
+
+
+def test_authenticated_but_not_ip_inside_is_dropped() -> None:
+    p = make_pair(connect=True)
+    # Declares 60 bytes but carries 25 (padded to 32): the receiver refuses to read past the end.
+    liar = v4("10.0.0.2", "10.0.0.1", b"12345")
+    liar = liar[:2] + struct.pack("!H", 60) + liar[4:]
+    p.net.send(p.b, liar)
+    p.net.run_for(0.1)
+    assert p.net.tun[p.a] == []
+    assert p.a.counters.drops["inner_not_ip"] == 1
+
+
+def test_unroutable_and_non_ip_packets_from_tun_are_counted() -> None:
+    p = make_pair(connect=True)
+    before = len(p.net.wire)
+    p.net.send(p.a, v4("10.0.0.1", "10.9.9.9"))
+    p.net.send(p.a, v6("fd00::1", "fd00::9"))
+    p.net.send(p.a, b"")
+    p.net.send(p.a, b"\x60" + bytes(10))
+    assert len(p.net.wire) == before
+    assert p.a.counters.drops["no_route"] == 2
+    assert p.a.counters.drops["tun_not_ip"] == 2
+
+
+def test_three_peers_with_cryptokey_routing() -> None:
+    net = MemNet(0.005)
+    hub, b, c = make_tunnel("hub"), make_tunnel("b"), make_tunnel("c")
+    hub.add_peer(b.public_key, allowed_ips=["10.0.0.2/32", "fd00::2/128"], endpoint=B_ADDR)
+    hub.add_peer(c.public_key, allowed_ips=["10.0.0.3/32", "10.3.0.0/16", "10.3.7.0/24",
+                                            "fd00::3/128"], endpoint=C_ADDR)
+    # A fourth peer holds the covering /8: the spokes' longer prefixes must win over it.
+    hub.add_peer(make_tunnel("d").public_key, allowed_ips=["10.0.0.0/8"], endpoint=None)
+    b.add_peer(hub.public_key, allowed_ips=["0.0.0.0/0", "::/0"], endpoint=A_ADDR)
+    c.add_peer(hub.public_key, allowed_ips=["10.0.0.0/8", "fd00::/64"], endpoint=A_ADDR)
+    for addr, t in [(A_ADDR, hub), (B_ADDR, b), (C_ADDR, c)]:
+        net.add(addr, t)
+
+    to_b = [v4("10.0.0.1", "10.0.0.2"), v6("fd00::1", "fd00::2")]
+    to_c = [v4("10.0.0.1", "10.0.0.3"), v4("10.0.0.1", "10.3.7.9"), v4("10.0.0.1", "10.3.200.1"),
+            v6("fd00::1", "fd00::3")]
+    for packet in to_b + to_c:
+        net.send(hub, packet)
+    net.run_for(1.0)
+    assert net.tun[b] == to_b
+    assert net.tun[c] == to_c
+    assert hub.counters.handshakes_completed == 2
+
+    # Each spoke may speak only for its own prefixes.
+    from_b = [v4("10.0.0.2", "10.0.0.1"), v4("10.3.7.9", "10.0.0.1"), v4("10.0.0.3", "10.0.0.1")]
+    from_c = [v4("10.3.7.9", "10.0.0.1"), v4("10.0.0.3", "10.0.0.1"), v4("10.0.0.2", "10.0.0.1"),
+              v6("fd00::3", "fd00::1")]
+    for packet in from_b:
+        net.send(b, packet)
+    for packet in from_c:
+        net.send(c, packet)
+    net.run_for(1.0)
+    assert net.tun[hub] == [from_b[0], from_c[0], from_c[1], from_c[3]]
+    assert hub.counters.drops["source_not_allowed"] == 3
+
+    # Moving a prefix to another peer changes routing at once.
+    hub.set_allowed_ips(b.public_key, ["10.0.0.2/32", "10.3.7.0/24"])
+    net.send(hub, v4("10.0.0.1", "10.3.7.9"))
+    net.send(hub, v4("10.0.0.1", "10.3.8.9"))
+    net.run_for(1.0)
+    assert net.tun[b][-1] == v4("10.0.0.1", "10.3.7.9")
+    assert net.tun[c][-1] == v4("10.0.0.1", "10.3.8.9")
+
+
+def test_add_peer_validation() -> None:
+    t = make_tunnel("t")
+    other = make_tunnel("o")
+    with pytest.raises(TunnelError):
+        t.add_peer(b"short")
+    with pytest.raises(TunnelError):
+        t.add_peer(t.public_key)
+    with pytest.raises(TunnelError):
+        t.add_peer(bytes(32))  # a low-order key: the static-static DH is refused
+    t.add_peer(other.public_key)
+    with pytest.raises(TunnelError):
+        t.add_peer(other.public_key)
+    with pytest.raises(TunnelError):
+        Tunnel(b"\x00" * 31)
+
+
+def test_removed_peer_traffic_is_dropped() -> None:
+    p = make_pair(connect=True)
+    p.net.send(p.a, p.ab(b"before"))
+    datagram = p.net.wire[-1].data
+    p.b.remove_peer(p.a.public_key)
+    p.net.run_for(1.0)
+    assert p.b.counters.drops["unknown_index"] == 1
+    p.net.inject(p.b, datagram, A_ADDR)
+    assert p.b.counters.drops["unknown_index"] == 2
+    assert p.net.tun[p.b] == []
+    assert len(p.b.indices) == 0
+
+
+# --- replays, duplicates and garbage ----------------------------------------------------------
+
+
+def test_replayed_transport_is_dropped_and_delivered_once() -> None:
+    p = make_pair(connect=True)
+    p.net.send(p.a, p.ab(b"once"))
+    datagram = p.net.wire[-1].data
+    p.net.run_for(0.1)
+    for _ in range(3):
+        p.net.inject(p.b, datagram, A_ADDR)
+    assert p.net.tun[p.b] == [p.ab(b"once")]
+    assert p.b.counters.drops["replay_or_forged"] == 3
+
+
+def test_duplicated_and_reordered_datagrams_are_delivered_once() -> None:
+    p = make_pair(connect=True)
+    n = 0
+
+    def dup_and_delay(d: Datagram) -> list[tuple[bytes, float]]:
+        nonlocal n
+        n += 1
+        return [(d.data, 0.05 * (n % 3)), (d.data, 0.2)]  # two copies, shuffled in time
+
+    p.net.hook = dup_and_delay
+    packets = [p.ab(str(i).encode()) for i in range(30)]
+    for packet in packets:
+        p.net.send(p.a, packet)
+    p.net.run_for(1.0)
+    assert sorted(p.net.tun[p.b]) == sorted(packets)
+    assert p.net.tun[p.b] != packets  # they really were reordered
+    assert p.b.counters.drops == {"replay_or_forged": 30}
+
+
+def test_tampered_transport_is_dropped_and_does_not_move_the_window() -> None:
+    p = make_pair(connect=True)
+    p.net.hook = lambda d: []  # hold everything: we deliver by hand
+    p.net.send(p.a, p.ab(b"real"))
+    real = p.net.wire[-1].data
+    forged = bytearray(real)
+    forged[8:16] = (10**6).to_bytes(8, "little")  # a far-future counter...
+    forged[-1] ^= 1  # ...without the key to authenticate it
+    p.net.inject(p.b, bytes(forged), A_ADDR)
+    assert p.b.counters.drops["replay_or_forged"] == 1
+    p.net.inject(p.b, real, A_ADDR)  # counter 1 is still acceptable
+    assert p.net.tun[p.b] == [p.ab(b"real")]
+
+
+def test_counter_at_reject_after_messages_is_refused() -> None:
+    p = make_pair(connect=True)
+    p.net.send(p.a, p.ab())
+    real = bytearray(p.net.wire[-1].data)
+    real[8:16] = (2**64 - 1).to_bytes(8, "little")
+    p.net.inject(p.b, bytes(real), A_ADDR)
+    assert p.b.counters.drops["session_expired"] == 1
+
+
+GARBAGE_EXAMPLES = [
+    b"", b"\x01", b"\x04\x00\x00\x00", b"\x01\x00\x00\x00" + bytes(144),
+    b"\x01\x00\x00\x00" + bytes(143), b"\x02\x00\x00\x00" + bytes(88),
+    b"\x03\x00\x00\x00" + bytes(60), b"\x04\x00\x00\x00" + bytes(27),
+    b"\x04\x00\x00\x00" + bytes(28), b"\x05\x00\x00\x00" + bytes(60),
+    b"\x01\x01\x00\x00" + bytes(144), b"\xff" * 1500, bytes(65535),
+]
+
+
+def _garbage() -> st.SearchStrategy[bytes]:
+    typed = st.builds(lambda k, body: bytes([k, 0, 0, 0]) + body, st.integers(1, 4),
+                      st.one_of(st.binary(min_size=144, max_size=144),
+                                st.binary(min_size=88, max_size=88),
+                                st.binary(min_size=60, max_size=60),
+                                st.binary(min_size=28, max_size=300)))
+    return st.one_of(st.binary(max_size=300), typed, st.sampled_from(GARBAGE_EXAMPLES))
+
+
+@pytest.fixture(scope="module")
+def connected() -> Pair:
+    return make_pair(connect=True)
+
+
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=_garbage(), as_type=st.sampled_from([bytes, bytearray, memoryview]),
+       source=st.sampled_from([A_ADDR, EVIL, ("::ffff:192.0.2.1", 51820, 0, 0),
+                               ("2001:db8::1", 1)]))
+def test_garbage_never_raises_and_is_counted(connected: Pair, data: bytes, as_type: type,
+                                             source: tuple) -> None:
+    for t, peer in ((connected.a, connected.a_peer), (connected.b, connected.b_peer)):
+        before = total_drops(t)
+        endpoint = peer.endpoint
+        t.receive_datagram(as_type(data), source, connected.net.now)
+        assert total_drops(t) == before + 1
+        assert t.take_transmits() == []
+        assert t.take_tun_packets() == []
+        assert peer.endpoint == endpoint
+
+
+# --- roaming ----------------------------------------------------------------------------------
+
+
+def test_endpoint_follows_authenticated_packets_only() -> None:
+    p = make_pair(connect=True)
+    net, a, b = p.net, p.a, p.b
+    assert p.a_peer.endpoint == B_ADDR
+
+    # Forgeries from an attacker's address do not move A's endpoint for B:
+    net.send(b, p.ba(b"captured"))
+    captured = net.wire[-1].data
+    net.run_for(0.1)
+    receiver = captured[4:8]
+    fake = b"\x04\x00\x00\x00" + receiver + (99).to_bytes(8, "little") + bytes(48)
+    net.inject(a, fake, EVIL)  # right index, no key
+    net.inject(a, captured, EVIL)  # a replay of an authentic datagram
+    net.inject(a, b"\x02\x00\x00\x00" + bytes(88), EVIL)  # a junk handshake response
+    assert p.a_peer.endpoint == B_ADDR
+    assert a.counters.drops["replay_or_forged"] == 2
+
+    # B moves (a NAT rebinding): its next authenticated packet moves A's endpoint.
+    new_b = ("198.51.100.77", 40000)
+    net.move(b, new_b)
+    net.send(b, p.ba(b"from the new place"))
+    net.run_for(0.1)
+    assert p.a_peer.endpoint == new_b
+    net.send(a, p.ab(b"reply"))
+    assert net.wire[-1].dst == new_b
+    net.run_for(0.1)
+    assert net.tun[b][-1] == p.ab(b"reply")
+    assert net.tun[a] == [p.ba(b"captured"), p.ba(b"from the new place")]
+
+
+def test_keepalive_also_moves_the_endpoint() -> None:
+    p = make_pair(connect=True, a_keepalive=5.0)
+    new_a = ("192.0.2.99", 1234)
+    p.net.move(p.a, new_a)
+    p.net.run_for(6.0)  # A's persistent keepalive is the only thing sent
+    assert p.b_peer.endpoint == new_a
+
+
+def test_replayed_initiation_from_elsewhere_does_not_move_the_endpoint() -> None:
+    p = make_pair(connect=True)
+    initiation = p.net.wire[0].data
+    p.net.run_for(5.0)
+    p.net.inject(p.b, initiation, EVIL)
+    assert p.b_peer.endpoint == A_ADDR
+    assert p.b.counters.drops["handshake_replayed_timestamp"] == 1
+
+
+# --- keepalives -------------------------------------------------------------------------------
+
+
+def test_passive_keepalive_after_receiving_data() -> None:
+    p = make_pair(latency=0.02, connect=True)
+    net, a = p.net, p.a
+    net.run_for(30.0)  # let the keepalive for the connecting packet pass
+    t0 = net.now
+    net.send(a, p.ab(b"ping"))  # B receives data and has nothing to say
+    net.run_for(60.0)
+    from_b = sent_by(net, B_ADDR, since=t0)
+    assert len(from_b) == 1 and is_keepalive(from_b[0])
+    assert from_b[0].sent_at == pytest.approx(t0 + 0.02 + KEEPALIVE_TIMEOUT)
+    # A keepalive is not data: A does not answer it, and nobody starts a new handshake.
+    assert sent_by(net, A_ADDR, since=t0 + 1) == []
+    assert a.counters.handshakes_completed == 1
+
+
+def test_more_data_during_the_keepalive_wait_asks_for_another_keepalive() -> None:
+    p = make_pair(latency=0.02, connect=True)
+    net = p.net
+    net.run_for(30.0)
+    t0 = net.now
+    net.send(p.a, p.ab(b"one"))
+    net.run_for(3.0)
+    net.send(p.a, p.ab(b"two"))  # arrives while B's keepalive timer is already running
+    net.run_for(60.0)
+    times = [d.sent_at for d in sent_by(net, B_ADDR, since=t0)]
+    assert all(is_keepalive(d) for d in sent_by(net, B_ADDR, since=t0))
+    first = t0 + 0.02 + KEEPALIVE_TIMEOUT
+    assert times == pytest.approx([first, first + KEEPALIVE_TIMEOUT])
+
+
+def test_no_passive_keepalive_when_replying_anyway() -> None:
+    p = make_pair(latency=0.02, connect=True)
+    t0 = p.net.now
+    for i in range(30):
+        p.net.send(p.a, p.ab(b"%d" % i))
+        p.net.run_for(1.0)
+        p.net.send(p.b, p.ba(b"%d" % i))
+    p.net.run_for(5.0)
+    assert not any(is_keepalive(d) for d in p.net.wire if d.sent_at >= t0)
+
+
+def test_keepalives_stop_data_triggered_handshake() -> None:
+    # After B's passive keepalive, A heard back: no "data sent, nothing received" handshake.
+    p = make_pair(connect=True)
+    p.net.send(p.a, p.ab())
+    p.net.run_for(100.0)
+    assert sent_by(p.net, A_ADDR, kind=1, since=1.0) == []
+
+
+def test_persistent_keepalive_at_its_interval() -> None:
+    p = make_pair(a_keepalive=25.0)
+    p.a.start(p.net.now)  # a peer with a persistent keepalive handshakes at once
+    p.net.run_for(110.0)
+    assert p.a.counters.handshakes_completed == 1
+    keepalives = [d.sent_at for d in sent_by(p.net, A_ADDR) if is_keepalive(d)]
+    # The first one confirms the handshake; then one every 25 s of silence.
+    assert len(keepalives) == 5
+    gaps = [y - x for x, y in zip(keepalives, keepalives[1:], strict=False)]
+    assert gaps == pytest.approx([25.0] * 4)
+    assert sent_by(p.net, B_ADDR, kind=4) == []  # B never needs to say anything
+
+
+def test_persistent_keepalive_counts_from_last_traffic() -> None:
+    p = make_pair(a_keepalive=25.0, latency=0.02, connect=True)
+    for _ in range(5):
+        p.net.send(p.a, p.ab())
+        p.net.run_for(10.0)  # traffic every 10 s: no keepalive needed
+    assert not any(is_keepalive(d) for d in sent_by(p.net, A_ADDR))
+    p.net.run_for(60.0)
+    keepalives = [d.sent_at for d in sent_by(p.net, A_ADDR) if is_keepalive(d)]
+    assert keepalives
+    # Any authenticated packet either way restarts the interval (here: B's passive keepalives).
+    before = [d for d in p.net.wire if d.sent_at < keepalives[0]]
+    last_traffic = max([d.sent_at for d in before if d.src == A_ADDR]
+                       + [d.sent_at + 0.02 for d in before if d.dst == A_ADDR])
+    assert keepalives[0] == pytest.approx(last_traffic + 25.0)
+    assert keepalives[0] > 50.0 + 25.0  # later than 25 s after A's own last data
+
+
+# --- handshake timers -------------------------------------------------------------------------
+
+
+def test_handshake_retransmits_then_gives_up() -> None:
+    p = make_pair()
+    net, a = p.net, p.a
+    net.move(p.b, ("198.51.100.200", 1))  # B is unreachable at the endpoint A knows
+    staged = [p.ab(b"%d" % i) for i in range(3)]
+    net.send(a, staged[0])
+    net.run_until(2.0)
+    net.send(a, staged[1])  # more packets do not send more initiations
+    net.send(a, staged[2])
+    net.run_until(REKEY_ATTEMPT_TIME)
+    assert a.counters.handshake_timeouts == 0
+    assert len(p.a_peer.staged) == 3
+    net.run_until(REKEY_ATTEMPT_TIME + 30)
+    initiations = [d.sent_at for d in sent_by(net, A_ADDR, kind=1)]
+    assert len(initiations) == a.timers.max_handshake_attempts + 2
+    gaps = [y - x for x, y in zip(initiations, initiations[1:], strict=False)]
+    assert all(REKEY_TIMEOUT <= g <= REKEY_TIMEOUT + JITTER + 1e-9 for g in gaps), gaps
+    assert len(set(gaps)) > 1  # the jitter is there
+    assert a.counters.handshake_timeouts == 1
+    assert a.counters.drops["handshake_timeout"] == 3
+    assert len(p.a_peer.staged) == 0
+    assert p.a_peer.pending is None
+    assert len(a.indices) == 0  # the last pending index was released
+    assert a.counters.handshakes_completed == 0
+    assert net.tun[p.b] == []
+
+    # Nothing more happens until there is something to send; then it all starts again.
+    net.run_for(100.0)
+    assert len(sent_by(net, A_ADDR, kind=1)) == len(initiations)
+    net.move(p.b, B_ADDR)
+    net.send(a, p.ab(b"later"))
+    net.run_for(1.0)
+    assert net.tun[p.b] == [p.ab(b"later")]
+
+
+def test_lost_response_is_retransmitted() -> None:
+    p = make_pair()
+    dropped: list[Datagram] = []
+
+    def lose_first_response(d: Datagram) -> list[tuple[bytes, float]] | None:
+        if d.data[0] == 2 and not dropped:
+            dropped.append(d)
+            return []
+        return None
+
+    p.net.hook = lose_first_response
+    p.net.send(p.a, p.ab())
+    p.net.run_for(REKEY_TIMEOUT + 1)
+    initiations = sent_by(p.net, A_ADDR, kind=1)
+    assert len(initiations) == 2
+    assert REKEY_TIMEOUT <= initiations[1].sent_at <= REKEY_TIMEOUT + JITTER
+    assert p.net.tun[p.b] == [p.ab()]
+    # B answered both: its first (unconfirmed) session was replaced by the second.
+    assert p.b.counters.handshake_responses_sent == 2
+    assert len(p.b.indices) == 1
+
+
+def test_new_handshake_when_data_gets_no_answer() -> None:
+    p = make_pair(connect=True)
+    p.net.run_for(20.0)  # B's passive keepalive answered the connecting packet
+    assert sent_by(p.net, A_ADDR, kind=1, since=0.5) == []
+    # From now on nothing B sends as transport data reaches A (handshake messages still do).
+    p.net.hook = lambda d: [] if d.src == B_ADDR and d.data[0] == 4 else None
+    t_send = p.net.now
+    p.net.send(p.a, p.ab(b"anyone there?"))
+    p.net.run_for(30.0)
+    initiations = sent_by(p.net, A_ADDR, kind=1, since=t_send)
+    silence = KEEPALIVE_TIMEOUT + REKEY_TIMEOUT
+    assert initiations, "A never noticed the silence"
+    assert t_send + silence <= initiations[0].sent_at <= t_send + silence + JITTER
+    assert p.a.counters.handshakes_completed == 2  # B answered; A has a fresh session
+
+
+def test_initiation_flood_from_one_peer_is_ignored() -> None:
+    p = make_pair()
+    net, b = p.net, p.b
+    net.hook = lambda d: []  # we carry A's initiations to B by hand
+    net.send(p.a, p.ab())
+    first = net.wire[-1].data
+    net.inject(b, first, A_ADDR)
+    assert b.counters.handshake_responses_sent == 1
+
+    def initiation_from_restarted_a(at: float) -> bytes:
+        again = make_tunnel("a")  # same key, fresh state: as if A restarted
+        again.add_peer(b.public_key, allowed_ips=["10.0.0.2/32"], endpoint=B_ADDR)
+        again.send_packet(p.ab(), at)
+        (data, _), = again.take_transmits()
+        return data
+
+    net.now = 0.02
+    flood = initiation_from_restarted_a(net.now)
+    assert noise.tai64n(WALL + 0.02) > noise.tai64n(WALL)  # newer: only the rate limit stops it
+    net.inject(b, flood, A_ADDR)
+    assert b.counters.handshake_responses_sent == 1
+    assert b.counters.drops["handshake_flood"] == 1
+    net.now = 0.04
+    net.inject(b, initiation_from_restarted_a(net.now), A_ADDR)
+    assert b.counters.drops["handshake_flood"] == 2
+    net.now = 0.1  # 50 ms after the last one that was consumed
+    net.inject(b, initiation_from_restarted_a(net.now), A_ADDR)
+    assert b.counters.handshake_responses_sent == 2
+
+
+def test_replayed_initiation_is_not_answered() -> None:
+    p = make_pair(connect=True)
+    net, b = p.net, p.b
+    initiation = net.wire[0].data
+    assert initiation[0] == 1
+    current = p.b_peer.current
+    net.run_for(10.0)
+    responses = b.counters.handshake_responses_sent
+    net.inject(b, initiation, A_ADDR)
+    assert b.counters.handshake_responses_sent == responses
+    assert b.counters.drops["handshake_replayed_timestamp"] == 1
+    assert p.b_peer.current is current and p.b_peer.next is None
+    # Same for an initiator whose clock is behind the last accepted timestamp.
+    behind = make_tunnel("a", wall_offset=WALL - 60)
+    behind.add_peer(b.public_key, allowed_ips=["10.0.0.2/32"], endpoint=B_ADDR)
+    behind.send_packet(p.ab(), net.now)
+    (data, _), = behind.take_transmits()
+    net.inject(b, data, A_ADDR)
+    assert b.counters.drops["handshake_replayed_timestamp"] == 2
+    assert b.counters.handshake_responses_sent == responses
+
+
+def test_initiation_from_unknown_key_is_not_answered() -> None:
+    p = make_pair()
+    eve = make_tunnel("eve")
+    eve.add_peer(p.b.public_key, allowed_ips=["10.0.0.2/32"], endpoint=B_ADDR)
+    eve.send_packet(v4("10.0.0.66", "10.0.0.2"), 0.0)
+    (data, _), = eve.take_transmits()
+    p.net.inject(p.b, data, EVIL)
+    assert p.b.counters.drops["unknown_peer"] == 1
+    assert p.net.wire == []
+
+
+# --- cookies under load -----------------------------------------------------------------------
+
+
+def test_cookie_reply_under_load_then_mac2_is_accepted() -> None:
+    p = make_pair()
+    net, a, b = p.net, p.a, p.b
+    b.force_under_load = True
+    net.send(a, p.ab(b"patience"))
+    net.run_for(1.0)
+    first = net.wire[0].data
+    assert b.cookie_checker.mac1_valid(first)
+    assert first[-16:] == bytes(16)  # no cookie yet, so no mac2
+    assert kinds(net.wire) == [1, 3]
+    reply = net.wire[1]
+    assert len(reply.data) == 64 and reply.dst == A_ADDR
+    assert b.counters.cookie_replies_sent == 1
+    assert b.counters.handshake_responses_sent == 0
+    assert p.a_peer.cookies.cookie is not None  # A took the cookie...
+    assert "cookie_reply_rejected" not in a.counters.drops
+    assert kinds(net.wire) == [1, 3]  # ...and waits for its retransmit timer, as wireguard-go
+
+    net.run_for(REKEY_TIMEOUT + 1)
+    retry = sent_by(net, A_ADDR, kind=1)[1].data
+    assert retry[-16:] != bytes(16)
+    assert b.cookie_checker.mac2_valid(retry, A_ADDR, net.now)
+    assert b.counters.handshake_responses_sent == 1
+    assert b.counters.cookie_replies_sent == 1
+    assert net.tun[b] == [p.ab(b"patience")]
+
+
+def test_cookie_reply_with_wrong_aad_is_rejected_by_the_tunnel() -> None:
+    p = make_pair()
+    net, a, b = p.net, p.a, p.b
+    net.hook = lambda d: []
+    net.send(a, p.ab())
+    initiation = bytearray(net.wire[-1].data)
+    initiation[116:132] = bytes(16)  # bind the reply to a mac1 A never sent
+    sender = struct.unpack_from("<I", initiation, 4)[0]
+    bad = b.cookie_checker.make_reply(bytes(initiation), sender, A_ADDR, net.now)
+    net.inject(a, bad.pack(), B_ADDR)
+    assert a.counters.drops["cookie_reply_rejected"] == 1
+    assert p.a_peer.cookies.cookie is None
+    # To an index A never used: rejected too.
+    good = b.cookie_checker.make_reply(net.wire[-1].data, sender ^ 1, A_ADDR, net.now)
+    net.inject(a, good.pack(), B_ADDR)
+    assert a.counters.drops["cookie_reply_rejected"] == 2
+    assert p.a_peer.cookies.cookie is None
+
+
+def test_bad_mac1_is_dropped_before_any_work() -> None:
+    p = make_pair()
+    p.net.hook = lambda d: []
+    p.net.send(p.a, p.ab())
+    data = bytearray(p.net.wire[-1].data)
+    data[120] ^= 1
+    p.b.force_under_load = True  # not even a cookie reply for a bad mac1
+    p.net.inject(p.b, bytes(data), A_ADDR)
+    assert p.b.counters.drops["handshake_bad_mac1"] == 1
+    assert p.b.counters.cookie_replies_sent == 0
+    assert len(p.net.wire) == 1
+
+
+def test_under_load_by_rate() -> None:
+    p = make_pair()
+    b = p.b
+    b.under_load_threshold = 3
+    p.net.hook = lambda d: []
+    p.net.send(p.a, p.ab())
+    initiation = p.net.wire[-1].data
+    for _ in range(5):
+        p.net.inject(b, initiation, EVIL)
+    # The first three are processed (one answered, two replays), then B asks for cookies.
+    assert b.counters.handshake_responses_sent == 1
+    assert b.counters.cookie_replies_sent == 2
+
+
+def test_initiator_under_load_asks_the_responder_for_a_cookie_too() -> None:
+    # The mac2 rule covers responses as well (as in wireguard-go): an initiator under load
+    # answers a response without mac2 with a cookie reply addressed to the responder's index.
+    # The responder takes the cookie, and its answer to the retried initiation carries mac2.
+    p = make_pair()
+    net, a, b = p.net, p.a, p.b
+    a.force_under_load = True
+    net.send(a, p.ab(b"under load"))
+    net.run_for(1.0)
+    assert kinds(net.wire) == [1, 2, 3]
+    assert a.counters.cookie_replies_sent == 1
+    assert "cookie_reply_rejected" not in b.counters.drops
+    assert p.b_peer.cookies.cookie is not None
+    net.run_for(REKEY_TIMEOUT + 1)
+    response = sent_by(net, B_ADDR, kind=2)[-1].data
+    assert a.cookie_checker.mac2_valid(response, B_ADDR, net.now)
+    assert a.counters.handshakes_completed == 1
+    assert net.tun[b] == [p.ab(b"under load")]
+
+
+# --- the wire format of transport data --------------------------------------------------------
+
+
+def test_transport_datagrams_match_an_independent_decryption() -> None:
+    import nacl.bindings
+
+    p = make_pair(connect=True)
+    start = len(p.net.wire)
+    packets = [p.ab(b"k" * n) for n in (0, 5, 40)] + [v6("fd00::1", "fd00::2", b"six")]
+    for packet in packets:
+        p.net.send(p.a, packet)
+    key = p.b_peer.current.receiving_key
+    for i, (packet, d) in enumerate(zip(packets, p.net.wire[start:], strict=True)):
+        kind, receiver, counter = struct.unpack_from("<IIQ", d.data)
+        assert (kind, receiver) == (4, p.b_peer.current.local_index)
+        assert counter == i + 1  # counter 0 carried the connecting packet
+        plain = nacl.bindings.crypto_aead_chacha20poly1305_ietf_decrypt(
+            d.data[16:], b"", bytes(4) + counter.to_bytes(8, "little"), key)
+        assert plain == packet + bytes(padded_length(len(packet)) - len(packet))
+
+
+# --- lossy, duplicating, reordering paths -----------------------------------------------------
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.data())
+def test_any_loss_duplication_and_reordering(data: st.DataObject) -> None:
+    """Packets arrive at most once and unmodified; every one whose datagram got through arrives."""
+    p = make_pair(latency=0.02)
+    survived_data = 0
+
+    def fate(d: Datagram) -> list[tuple[bytes, float]]:
+        nonlocal survived_data
+        copies = data.draw(st.lists(st.floats(0.0, 0.5), max_size=3), label=f"{d.sent_at:.2f}")
+        if d.src == A_ADDR and d.data[0] == 4 and len(d.data) > 32 and copies:
+            survived_data += 1
+        return [(d.data, extra) for extra in copies]
+
+    p.net.hook = fate
+    packets = [p.ab(b"%d" % i) for i in range(15)]
+    for packet in packets:
+        p.net.send(p.a, packet)
+        p.net.run_for(data.draw(st.sampled_from([0.0, 0.1, 1.0, 7.0]), label="gap"))
+    p.net.run_for(130.0)
+    delivered = p.net.tun[p.b]
+    assert len(set(delivered)) == len(delivered)
+    assert set(delivered) <= set(packets)
+    assert len(delivered) == survived_data
+    # Duplicates, late handshake messages, and packets staged during a handshake that never
+    # completed are the only reasons for A to drop anything.
+    assert p.a.counters.drops.keys() <= {"replay_or_forged", "unknown_index", "handshake_timeout",
+                                         "staged_queue_full"}
+
+
+# --- crossing handshakes and restarts ---------------------------------------------------------
+
+
+def test_both_sides_initiate_at_once() -> None:
+    p = make_pair(b_knows_a=True)
+    p.net.send(p.a, p.ab(b"from a"))
+    p.net.send(p.b, p.ba(b"from b"))
+    assert kinds(p.net.wire) == [1, 1]
+    p.net.run_for(1.0)
+    assert p.net.tun[p.b] == [p.ab(b"from a")]
+    assert p.net.tun[p.a] == [p.ba(b"from b")]
+    for i in range(5):
+        p.net.send(p.a, p.ab(b"%d" % i))
+        p.net.send(p.b, p.ba(b"%d" % i))
+    p.net.run_for(1.0)
+    assert len(p.net.tun[p.a]) == len(p.net.tun[p.b]) == 6
+    assert not p.a.counters.drops and not p.b.counters.drops
+
+
+def test_peer_restart_recovers() -> None:
+    p = make_pair(connect=True, b_knows_a=True)
+    p.net.run_for(30.0)
+    # A restarts: same key and address, no sessions, a later clock.
+    restarted = make_tunnel("a")
+    restarted.add_peer(p.b.public_key, allowed_ips=["10.0.0.2/32", "fd00::2/128"],
+                       endpoint=B_ADDR)
+    p.net.nodes[A_ADDR] = restarted
+    p.net.tun[restarted] = []
+    p.net.send(p.b, p.ba(b"lost: A forgot the session"))
+    p.net.run_for(1.0)
+    assert restarted.counters.drops["unknown_index"] == 1
+    p.net.send(restarted, p.ab(b"hello again"))
+    p.net.run_for(1.0)
+    assert p.net.tun[p.b] == [p.ab(b"hello again")]
+    p.net.send(p.b, p.ba(b"welcome back"))
+    p.net.run_for(1.0)
+    assert p.net.tun[restarted] == [p.ba(b"welcome back")]
+
+
+def test_b_notices_a_restart_by_itself() -> None:
+    # B keeps sending into a session A forgot; after KEEPALIVE + REKEY_TIMEOUT of silence
+    # it starts a handshake of its own, and traffic resumes without A sending anything.
+    p = make_pair(connect=True, b_knows_a=True)
+    p.net.run_for(30.0)
+    restarted = make_tunnel("a")
+    restarted.add_peer(p.b.public_key, allowed_ips=["10.0.0.2/32"], endpoint=B_ADDR)
+    p.net.nodes[A_ADDR] = restarted
+    p.net.tun[restarted] = []
+    for i in range(40):
+        p.net.send(p.b, p.ba(b"%d" % i))
+        p.net.run_for(1.0)
+    got = p.net.tun[restarted]
+    assert got and got[-1] == p.ba(b"39")
+    assert p.b.counters.handshake_initiations_sent == 1
+
+
+def test_scaled_timers() -> None:
+    timers = TimerConfig().scaled(0.01)
+    assert timers.rekey_timeout == pytest.approx(0.05)
+    assert timers.max_handshake_attempts == TimerConfig().max_handshake_attempts
+    p = make_pair(timers=timers)
+    p.net.move(p.b, ("198.51.100.200", 1))
+    p.net.send(p.a, p.ab())
+    p.net.run_for(2.0)
+    initiations = [d.sent_at for d in sent_by(p.net, A_ADDR, kind=1)]
+    assert len(initiations) == timers.max_handshake_attempts + 2
+    assert initiations[-1] <= REKEY_ATTEMPT_TIME * 0.01 + 2 * 0.05 * 1.1 * 20
+    assert p.a.counters.handshake_timeouts == 1
+
+
+def test_responder_waits_for_confirmation_instead_of_initiating() -> None:
+    # B answers A's initiation; before A's first packet confirms the session, B has data of its
+    # own. Like wireguard-go and the kernel, B counts its response as a handshake sent and does
+    # not start a crossing one within REKEY_TIMEOUT: the data waits for the confirmation.
+    p = make_pair(latency=0.5, b_knows_a=True)
+    p.net.send(p.a, p.ab(b"a first"))
+    p.net.run_for(0.6)  # B has answered; A's confirmation is still on its way
+    assert p.b_peer.next is not None and p.b_peer.current is None
+    p.net.send(p.b, p.ba(b"b meanwhile"))
+    p.net.run_for(2.0)
+    assert p.b.counters.handshake_initiations_sent == 0
+    assert p.net.tun[p.a] == [p.ba(b"b meanwhile")]
+    assert p.net.tun[p.b] == [p.ab(b"a first")]
+    assert kinds(p.net.wire) == [1, 2, 4, 4]
+    # Both ends agree on one session, so only A (its initiator) will rekey by age.
+    assert p.a_peer.current.sending_key == p.b_peer.current.receiving_key
+    assert p.a_peer.current.is_initiator and not p.b_peer.current.is_initiator
