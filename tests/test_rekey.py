@@ -340,3 +340,28 @@ def test_crossing_rekeys_lose_only_in_flight_packets() -> None:
         assert 0 < lost <= receiver.counters.drops["unknown_index"]
         assert lost <= 0.5 / 0.1 + 1  # no more than one latency's worth of packets
         assert delivered[-20:] == sent[-20:]  # and then everything flows again
+
+
+def test_receive_only_initiator_rekeys_before_the_session_expires() -> None:
+    # A started the session and then only listens; B sends nothing but persistent keepalives
+    # (every 10 s), so neither end ever sends data. A must rekey on receive once its session is
+    # REJECT - KEEPALIVE - REKEY_TIMEOUT (165 s) old, before B's copy expires at 180 s.
+    timers = TimerConfig()
+    run = setup(timers, seed=8, max_latency=0.05)
+    net, a, b, audit = run.net, run.a, run.b, run.audit
+    b.peers[a.public_key].persistent_keepalive = 10.0
+    net.send(a, numbered("10.0.0.1", "10.0.0.2", 0))
+    net.run_until(1.0)
+    created = a.peers[b.public_key].current.created
+    net.run_until(400.0)
+    initiations = [d.sent_at for d in net.wire if d.src == A_ADDR and d.data[0] == 1]
+    rekey_age = timers.receive_side_rekey_age
+    assert rekey_age == 165.0
+    assert len(initiations) >= 3  # the first handshake, then one per ~165-190 s
+    assert created + rekey_age <= initiations[1] <= created + rekey_age + 10.0 + 0.1
+    assert b.counters.handshake_initiations_sent == 0
+    assert not a.counters.drops and not b.counters.drops
+    assert audit.problems == []
+    # B's keepalives never stopped: every one was sealed by a session younger than 180 s.
+    keepalives = [d.sent_at for d in net.wire if d.src == B_ADDR and d.data[0] == 4]
+    assert len(keepalives) >= 400 // 10 - 1

@@ -888,3 +888,24 @@ def test_responder_waits_for_confirmation_instead_of_initiating() -> None:
     # Both ends agree on one session, so only A (its initiator) will rekey by age.
     assert p.a_peer.current.sending_key == p.b_peer.current.receiving_key
     assert p.a_peer.current.is_initiator and not p.b_peer.current.is_initiator
+
+
+def test_staged_queue_keeps_the_newest_packets() -> None:
+    p = make_pair(latency=0.5)
+    packets = [p.ab(b"%d" % i) for i in range(130)]
+    for packet in packets:  # all before the handshake completes
+        p.net.send(p.a, packet)
+    assert kinds(p.net.wire) == [1]
+    assert p.a.counters.drops["staged_queue_full"] == 2
+    p.net.run_for(3.0)
+    assert p.net.tun[p.b] == packets[2:]  # the oldest ones made room, order kept
+
+
+def test_ipv4_mapped_source_is_the_same_endpoint() -> None:
+    p = make_pair(connect=True)
+    p.net.hook = lambda d: []  # we deliver by hand
+    p.net.send(p.b, p.ba(b"via a dual-stack socket"))
+    datagram = p.net.wire[-1].data
+    p.a.receive_datagram(datagram, ("::ffff:198.51.100.2", 51820, 0, 0), p.net.now)
+    assert p.a.take_tun_packets() == [p.ba(b"via a dual-stack socket")]
+    assert p.a_peer.endpoint == B_ADDR
