@@ -39,13 +39,14 @@ def vm_rss_mb(pid: int) -> float:
     raise AssertionError("no VmRSS")
 
 
-def test_multiqueue_keeps_each_flow_in_order(testnet: TestNet) -> None:
+@pytest.mark.parametrize("tun_io", ["threads", "inline"])
+def test_multiqueue_keeps_each_flow_in_order(testnet: TestNet, tun_io: str) -> None:
     """Four TUN queues on both ends, four parallel TCP flows: the receiver's kernel sees (almost)
     no out-of-order segments and the sender retransmits (almost) nothing. Bound: both at most
     0.1% of the segments received."""
     net = testnet
     pair = TunnelPair(net, server_impl="fz-trio", client_impl="fz-trio",
-                      extra_args=["--tun-queues", "4"])
+                      extra_args=["--tun-queues", "4", "--tun-io", tun_io])
     pair.start()
     before = nstat(net, net.ns_a, "TcpExtTCPOFOQueue", "TcpInSegs")
     result = iperf3(net, seconds=3, streams=4)
@@ -77,13 +78,16 @@ print(sent)
 """
 
 
-def test_stalled_udp_side_stops_tun_reads_with_bounded_memory(testnet: TestNet) -> None:
+@pytest.mark.parametrize("tun_io", ["threads", "inline"])
+def test_stalled_udp_side_stops_tun_reads_with_bounded_memory(testnet: TestNet,
+                                                              tun_io: str) -> None:
     """The client's underlay is throttled to 1 Mbit/s with a queue larger than the socket's send
     buffer, so its UDP socket fills and stays full. A UDP flood into the tunnel must then make the
     packet loop stop, the readers stop reading TUN (the kernel drops at the TUN queue, visible in
     its TX drop counter), fz-trio's memory stay flat, and fz-trio itself drop nothing silently."""
     net = testnet
-    pair = TunnelPair(net, server_impl="fz-trio", client_impl="fz-trio")
+    pair = TunnelPair(net, server_impl="fz-trio", client_impl="fz-trio",
+                      extra_args=["--tun-io", tun_io])
     pair.start()
     assert pair.client.process is not None
     pid = pair.client.process.pid

@@ -86,6 +86,17 @@ CASES = [
 ]
 
 
+def test_inline_tun_io_against_wireguard_go(testnet: TestNet) -> None:
+    pair = TunnelPair(testnet, server_impl="wireguard-go", client_impl="fz-trio",
+                      extra_args=["--tun-io", "inline", "--tun-queues", "2"])
+    pair.start()
+    pair.ping(testnet.ns_b, testnet.tunnel_a6)
+    sent, received = transfer(testnet, to_server=True, port=5001)
+    assert sent == received
+    sent, received = transfer(testnet, to_server=False, port=5002)
+    assert sent == received
+
+
 @pytest.mark.parametrize("server_impl, client_impl, use_psk", CASES)
 def test_tunnel_interop(testnet: TestNet, server_impl: str, client_impl: str, use_psk: bool) -> None:
     pair = TunnelPair(testnet, server_impl=server_impl, client_impl=client_impl,  # type: ignore[arg-type]

@@ -29,7 +29,15 @@ from fz_trio.core.ip import flow_hash
 from fz_trio.core.tunnel import Tunnel
 from fz_trio.shell.netconfig import InterfaceNetwork
 from fz_trio.shell.tun import TunDevice, open_tun
-from fz_trio.shell.tun_threads import READ_BATCH, ReaderHandoff, Waker, run_reader, run_writer
+from fz_trio.shell.tun_io import (
+    READ_BATCH,
+    ReaderHandoff,
+    Waker,
+    run_inline_reader,
+    run_inline_writer,
+    run_reader,
+    run_writer,
+)
 from fz_trio.shell.udp import BatchSender, UdpSockets, enable_gro, open_udp, receive_segments
 
 log = logging.getLogger(__name__)
@@ -78,6 +86,7 @@ class TunnelShell:
     udp: UdpSockets
     network: InterfaceNetwork
     sender: BatchSender
+    tun_io: str = "threads"
     stats: ShellStats = attrs.Factory(ShellStats)
     _timer_scope: trio.CancelScope | None = None
     _writers: list[trio.MemorySendChannel[list[bytearray]]] = attrs.Factory(list)
@@ -88,10 +97,15 @@ class TunnelShell:
     def _refresh_wall_offset(self) -> None:
         self.tunnel.wall_offset = time.time() - trio.current_time()
 
-    def _count_error(self, where: str) -> Callable[[int], None]:
-        """A callback for worker threads: counts an errno on the Trio thread."""
+    def _count_error(self, where: str, from_thread: bool) -> Callable[[int], None]:
+        """A callback that counts an errno (from a worker thread: on the Trio thread)."""
+        drop = self.tunnel.counters.drop
+
         def count(err: int) -> None:
-            trio.from_thread.run_sync(self.tunnel.counters.drop, f"{where}_error_{err}")
+            if from_thread:
+                trio.from_thread.run_sync(drop, f"{where}_error_{err}")
+            else:
+                drop(f"{where}_error_{err}")
         return count
 
     # --- core output -> UDP ----------------------------------------------------------------
@@ -134,7 +148,7 @@ class TunnelShell:
     # --- the loops ----------------------------------------------------------------------------
 
     async def _outbound(self, receive: trio.MemoryReceiveChannel[list[bytes]],
-                        handoff: ReaderHandoff) -> None:
+                        handoff: ReaderHandoff | None) -> None:
         """TUN batches -> core (encrypt into GSO batches) -> one sendmsg per batch."""
         send_packet = self.tunnel.send_packet
         stats = self.stats
@@ -142,7 +156,8 @@ class TunnelShell:
             now = self.now()
             taken = 0
             while True:
-                handoff.consumed()
+                if handoff is not None:
+                    handoff.consumed()
                 for packet in batch:
                     send_packet(packet, now)
                 taken += len(batch)
@@ -197,17 +212,24 @@ class TunnelShell:
         limiter = trio.CapacityLimiter(2 * queues)
         tun_items = CHANNEL_PACKETS // READ_BATCH
         tun_send, tun_receive = trio.open_memory_channel[list[bytes]](tun_items)
-        handoff = ReaderHandoff(tun_send, tun_items, waker)
+        threads = self.tun_io == "threads"
+        handoff = ReaderHandoff(tun_send, tun_items, waker) if threads else None
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_wake_when_cancelled, waker)
-                read_errors, write_errors = self._count_error("tun_read"), self._count_error("tun_write")
+                read_errors = self._count_error("tun_read", threads)
+                write_errors = self._count_error("tun_write", threads)
                 for fd in self.tun.fds:
                     writer_send, writer_receive = trio.open_memory_channel[list[bytearray]](
                         max(1, CHANNEL_PACKETS // _INBOUND_ITEM_MAX))
                     self._writers.append(writer_send)
-                    nursery.start_soon(run_reader, fd, waker, handoff, read_errors, limiter)
-                    nursery.start_soon(run_writer, fd, waker, writer_receive, write_errors, limiter)
+                    if handoff is not None:
+                        nursery.start_soon(run_reader, fd, waker, handoff, read_errors, limiter)
+                        nursery.start_soon(run_writer, fd, waker, writer_receive, write_errors,
+                                           limiter)
+                    else:
+                        nursery.start_soon(run_inline_reader, fd, tun_send, read_errors)
+                        nursery.start_soon(run_inline_writer, fd, writer_receive, write_errors)
                 nursery.start_soon(self._outbound, tun_receive, handoff)
                 for sock in self.udp.all():
                     enable_gro(sock)
@@ -229,6 +251,7 @@ async def _wake_when_cancelled(waker: Waker) -> None:
 
 
 async def build_tunnel(config: Config, *, tun_queues: int = DEFAULT_TUN_QUEUES, gso: bool = True,
+                       tun_io: str = "threads",
                        log_info: Callable[[str], None] = log.info) -> TunnelShell:
     """Create the device, sockets and routes for `config`; the caller must `close_tunnel` it."""
     iface = config.interface
@@ -256,10 +279,11 @@ async def build_tunnel(config: Config, *, tun_queues: int = DEFAULT_TUN_QUEUES, 
                 persistent_keepalive=peer.persistent_keepalive,
             )
         log_info(f"interface {config.interface_name} up: mtu {mtu}, udp port {udp.port}, "
-                 f"{len(config.peers)} peer(s), {tun_queues} TUN queue(s), "
+                 f"{len(config.peers)} peer(s), {tun_queues} TUN queue(s) ({tun_io}), "
                  f"UDP GSO {'on' if gso else 'off'}"
                  + (f", full tunnel via table {full_tunnel.fwmark}" if full_tunnel else ""))
-        return TunnelShell(config, tunnel, tun, udp, network, BatchSender(tunnel.counters, gso=gso))
+        sender = BatchSender(tunnel.counters, gso=gso)
+        return TunnelShell(config, tunnel, tun, udp, network, sender, tun_io=tun_io)
     except BaseException:
         if udp is not None:
             udp.close()
@@ -276,9 +300,9 @@ def close_tunnel(shell: TunnelShell) -> None:
 
 
 async def run_until_signalled(config: Config, *, tun_queues: int = DEFAULT_TUN_QUEUES,
-                              gso: bool = True) -> None:
+                              gso: bool = True, tun_io: str = "threads") -> None:
     """`fz-trio up`: run the tunnel until SIGINT/SIGTERM, then tear everything down."""
-    shell = await build_tunnel(config, tun_queues=tun_queues, gso=gso)
+    shell = await build_tunnel(config, tun_queues=tun_queues, gso=gso, tun_io=tun_io)
     try:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:
