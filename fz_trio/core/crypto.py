@@ -126,18 +126,14 @@ def seal_in_place(key: bytes, counter: int, buffer: bytearray, offset: int, leng
     return length + TAG_LEN
 
 
-def open_into(
-    key: bytes, counter: int, out: bytearray, out_offset: int, cipher: memoryview | bytes, length: int
-) -> int:
-    """Decrypt and authenticate `cipher[:length]` into `out[out_offset:]`; returns plaintext length.
-
-    Raises CryptoError when the tag does not verify; `out` is then unspecified.
-    """
+def open_into(key: bytes, counter: int, out: bytearray, message: bytes | bytearray | memoryview,
+              offset: int, length: int) -> int:
+    """Decrypt and authenticate `message[offset:offset+length]` into `out`; returns the
+    plaintext length. Raises CryptoError when the tag does not verify (`out` is then garbage)."""
     nonce = b"\x00\x00\x00\x00" + counter.to_bytes(8, "little")
-    dst = ffi.from_buffer(out)
     rc = lib.crypto_aead_chacha20poly1305_ietf_decrypt(
-        dst + out_offset, ffi.NULL, ffi.NULL, ffi.from_buffer(cipher), length, ffi.NULL, 0,
-        nonce, key,
+        ffi.from_buffer(out), ffi.NULL, ffi.NULL, ffi.from_buffer(message) + offset, length,
+        ffi.NULL, 0, nonce, key,
     )
     if rc != 0:
         raise CryptoError("authentication failed")

@@ -89,28 +89,29 @@ class Peer:
                     out: GsoBatcher) -> None:
         """Encrypt and send an IP packet, or stage it and start a handshake when there is no session."""
         session = self.current
-        if session is None or self.endpoint is None or not session.usable_for_sending(now, self.timers):
+        timers = self.timers
+        endpoint = self.endpoint
+        if session is None or endpoint is None or not session.usable_for_sending(now, timers):
             if len(self.staged) == self.staged.maxlen:
                 self.counters.drop("staged_queue_full")
             self.staged.append(bytes(packet))
             self.initiate_handshake(now, wall, out, retry=False)
             return
-        self._seal_and_send(session, packet, now, out)
-        if len(packet):
-            self._on_data_sent(now)
-        if session.needs_rekey_on_send(now, self.timers):
-            self.initiate_handshake(now, wall, out, retry=False)
-
-    def _seal_and_send(self, session: Session, packet: bytes | bytearray | memoryview,
-                       now: float, out: GsoBatcher) -> None:
-        endpoint = self.endpoint
         size = len(packet)
         padded = min((size + 15) & ~15, max(size, self.mtu))
         length = TRANSPORT_HEADER_LEN + padded + TAG_LEN
         buffer, offset = out.reserve(endpoint, length)
         session.seal_into(buffer, offset, packet, padded)
         self.tx_bytes += length
-        self._on_authenticated_sent(now)
+        # Timer rules, inlined on this per-packet path: any authenticated packet sent cancels the
+        # passive keepalive and pushes the persistent one back; data starts the "no answer" timer.
+        self.send_keepalive_at = None
+        if self.persistent_keepalive:
+            self.persistent_keepalive_at = now + self.persistent_keepalive
+        if size and self.new_handshake_at is None:
+            self._on_data_sent(now)
+        if session.needs_rekey_on_send(now, timers):
+            self.initiate_handshake(now, wall, out, retry=False)
 
     def send_keepalive(self, now: float, wall: float, out: GsoBatcher) -> None:
         if not self.staged:

@@ -79,8 +79,8 @@ class Session:
         length = len(datagram) - TRANSPORT_HEADER_LEN
         out = bytearray(length - _TAG)
         try:
-            crypto.open_into(self.receiving_key, counter, out, 0,
-                             memoryview(datagram)[TRANSPORT_HEADER_LEN:], length)
+            crypto.open_into(self.receiving_key, counter, out, datagram, TRANSPORT_HEADER_LEN,
+                             length)
         except crypto.CryptoError:
             return None
         if not self.replay.mark(counter):

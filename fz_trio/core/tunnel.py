@@ -19,11 +19,11 @@ import ipaddress
 import os
 from collections.abc import Callable, Iterable
 
-from fz_trio.core import ip, messages, noise
+from fz_trio.core import messages, noise
 from fz_trio.core.allowed_ips import AllowedIPs, Network
 from fz_trio.core.cookie import CookieChecker
-from fz_trio.core.gso import Batch, GsoBatcher
 from fz_trio.core.crypto import CryptoError, public_key_of
+from fz_trio.core.gso import Batch, GsoBatcher
 from fz_trio.core.messages import MessageError
 from fz_trio.core.peer import Endpoint, LocalIdentity, Peer, Transmit
 from fz_trio.core.session import IndexTable
@@ -60,6 +60,8 @@ class Tunnel:
         self.counters = Counters()
         self.peers: dict[bytes, Peer] = {}
         self.allowed_ips: AllowedIPs[Peer] = AllowedIPs()
+        # address bytes -> peer (or None), in front of the prefix table; cleared on any change.
+        self._route_cache: dict[bytes, Peer | None] = {}
         self.indices = IndexTable(random_bytes)
         self.cookie_checker = CookieChecker(self.identity.public_key, random_bytes)
         self.under_load_threshold = under_load_threshold
@@ -110,9 +112,11 @@ class Tunnel:
         if peer is not None:
             peer.clear_sessions()
             self.allowed_ips.remove_value(peer)
+            self._route_cache.clear()
 
     def set_allowed_ips(self, public_key: bytes, allowed_ips: Iterable[Network | str]) -> None:
         peer = self.peers[public_key]
+        self._route_cache.clear()
         self.allowed_ips.remove_value(peer)
         for network in allowed_ips:
             self.allowed_ips.insert(ipaddress.ip_network(network, strict=False), peer)
@@ -131,24 +135,34 @@ class Tunnel:
 
     def send_packet(self, packet: bytes | bytearray | memoryview, now: float) -> None:
         """An IP packet read from TUN: route it to its peer by destination address."""
-        addrs = ip.addresses(packet)
-        if addrs is None:
-            self.counters.drop("tun_not_ip")
-            return
-        peer = self.allowed_ips.lookup(addrs[1])
+        peer = self.route(_destination(packet))
         if peer is None:
-            self.counters.drop("no_route")
+            self.counters.drop("no_route" if len(packet) >= 20 else "tun_not_ip")
             return
-        before = len(self._transmits)
         peer.send_packet(packet, now, now + self.wall_offset, self._transmits)
-        self.counters.packets_to_network += len(self._transmits) - before
+
+    def route(self, address: bytes | None) -> Peer | None:
+        """The peer whose AllowedIPs hold `address` (4 or 16 bytes), by longest prefix."""
+        if address is None:
+            return None
+        cache = self._route_cache
+        try:
+            return cache[address]
+        except KeyError:
+            peer = cache[address] = self.allowed_ips.lookup(address)
+            if len(cache) > 65536:  # scanning traffic must not grow it without bound
+                cache.clear()
+            return peer
 
     def receive_datagram(self, data: bytes | bytearray | memoryview, source: Endpoint,
                          now: float) -> None:
         """A UDP datagram from `source`: decrypt, authenticate, route, or drop and count."""
+        if data[:4] == _TRANSPORT_TYPE and len(data) >= messages.TRANSPORT_MIN_LEN:
+            self._receive_transport(data, source, now)
+            return
         kind = messages.message_type(data)
         if kind == messages.TYPE_TRANSPORT:
-            self._receive_transport(data, source, now)
+            self.counters.drop("malformed")
         elif kind == 0:
             self.counters.drop("malformed")
         else:
@@ -170,14 +184,16 @@ class Tunnel:
 
     def take_transmits(self) -> list[Transmit]:
         """Each datagram separately, as bytes (tests, the simulator)."""
-        batches = self._transmits.take()
+        batches = self.take_batches()
         out: list[Transmit] = [(bytes(d), b.endpoint) for b in batches for d in b.datagrams()]
         self._transmits.recycle(batches)
         return out
 
     def take_batches(self) -> list[Batch]:
         """Datagrams grouped for UDP GSO (one `sendmsg` each); hand them back with `recycle`."""
-        return self._transmits.take()
+        batches = self._transmits.take()
+        self.counters.packets_to_network += sum(b.count for b in batches)
+        return batches
 
     def recycle(self, batches: list[Batch]) -> None:
         self._transmits.recycle(batches)
@@ -190,11 +206,7 @@ class Tunnel:
 
     def _receive_transport(self, data: bytes | bytearray | memoryview, source: Endpoint,
                            now: float) -> None:
-        try:
-            receiver, counter = messages.parse_transport_header(data)
-        except MessageError:
-            self.counters.drop("malformed")
-            return
+        _, receiver, counter = messages.TRANSPORT_HEADER.unpack_from(data)
         entry = self.indices.get(receiver)
         if entry is None or entry[1] is None:
             self.counters.drop("unknown_index")
@@ -213,10 +225,8 @@ class Tunnel:
             if packet_len < 0:
                 # Authenticated but not acceptable: still proves the peer is alive.
                 packet_len = 0
-        before = len(self._transmits)
         peer.session_received(session, len(data), packet_len, _normalise(source), now,
                               now + self.wall_offset, self._transmits)
-        self.counters.packets_to_network += len(self._transmits) - before
         if packet_len:
             if packet_len != len(plain):
                 del plain[packet_len:]  # the padding
@@ -225,12 +235,19 @@ class Tunnel:
 
     def _inner_length(self, plain: bytearray, peer: Peer) -> int:
         """Length of the IP packet inside `plain` without padding, or -1 (counted) to drop it."""
-        addrs = ip.addresses(plain)
-        length = ip.declared_length(plain) if addrs is not None else None
-        if addrs is None or length is None or length > len(plain) or length < 20:
+        version = plain[0] >> 4
+        if version == 4 and len(plain) >= 20:
+            length = (plain[2] << 8) | plain[3]
+            source = bytes(plain[12:16])
+        elif version == 6 and len(plain) >= 40:
+            length = 40 + ((plain[4] << 8) | plain[5])
+            source = bytes(plain[8:24])
+        else:
+            length = 0
+        if not 20 <= length <= len(plain):
             self.counters.drop("inner_not_ip")
             return -1
-        if self.allowed_ips.lookup(addrs[0]) is not peer:
+        if self.route(source) is not peer:
             self.counters.drop("source_not_allowed")
             return -1
         return length
@@ -284,6 +301,18 @@ class Tunnel:
                 self.counters.drop("unknown_index")
                 return
             entry[0].consume_response(msg, data, source, now, wall, self._transmits)
+
+
+_TRANSPORT_TYPE = bytes([messages.TYPE_TRANSPORT, 0, 0, 0])
+
+
+def _destination(packet: bytes | bytearray | memoryview) -> bytes | None:
+    """The destination address bytes of an IPv4/IPv6 packet, None if it is not one."""
+    if len(packet) >= 20 and packet[0] >> 4 == 4:
+        return bytes(packet[16:20])
+    if len(packet) >= 40 and packet[0] >> 4 == 6:
+        return bytes(packet[24:40])
+    return None
 
 
 def _normalise(endpoint: Endpoint | tuple | None) -> Endpoint | None:
