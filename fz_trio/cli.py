@@ -63,7 +63,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
         )
     try:
         trio.run(partial(run_until_signalled, config, tun_queues=args.tun_queues,
-                         gso=not args.no_gso, tun_io=args.tun_io))
+                         gso=not args.no_gso, tun_io=args.tun_io,
+                         offload=not args.no_offload))
     except (TunError, NetConfigError, UdpError, ResolveError) as e:
         raise CliError(str(e)) from e
     return 0
@@ -98,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="TUN queues, each with a reader and a writer thread (default 1)")
     up.add_argument("--tun-io", choices=["threads", "inline"], default="threads",
                     help="TUN queue I/O on worker threads (default) or on the event loop thread")
+    up.add_argument("--no-offload", action="store_true",
+                    help="plain TUN I/O: no vnet header, no TSO/USO super-packets")
     up.add_argument("--no-gso", action="store_true",
                     help="send each UDP datagram with its own syscall (no UDP GSO)")
     up.set_defaults(func=_cmd_up)

@@ -28,7 +28,7 @@ from fz_trio.core.gso import MAX_SEGMENTS
 from fz_trio.core.ip import flow_hash
 from fz_trio.core.tunnel import Tunnel
 from fz_trio.shell.netconfig import InterfaceNetwork
-from fz_trio.shell.tun import TunDevice, open_tun
+from fz_trio.shell.tun import IFF_VNET_HDR, TunDevice, enable_offloads, open_tun
 from fz_trio.shell.tun_io import (
     READ_BATCH,
     ReaderHandoff,
@@ -37,7 +37,9 @@ from fz_trio.shell.tun_io import (
     run_inline_writer,
     run_reader,
     run_writer,
+    write_packet,
 )
+from fz_trio.shell.tun_offload import TunOffload
 from fz_trio.shell.udp import BatchSender, UdpSockets, enable_gro, open_udp, receive_segments
 
 log = logging.getLogger(__name__)
@@ -87,6 +89,7 @@ class TunnelShell:
     network: InterfaceNetwork
     sender: BatchSender
     tun_io: str = "threads"
+    offload: TunOffload | None = None
     stats: ShellStats = attrs.Factory(ShellStats)
     _timer_scope: trio.CancelScope | None = None
     _writers: list[trio.MemorySendChannel[list[bytearray]]] = attrs.Factory(list)
@@ -128,8 +131,9 @@ class TunnelShell:
         if not packets:
             return
         writers = self._writers
+        offload = self.offload
         if len(writers) == 1:
-            await writers[0].send(packets)
+            await writers[0].send(offload.items_for_writer(packets) if offload else packets)
             return
         # Pin each flow to one writer queue so that queues never reorder a flow.
         per_queue: list[list[bytearray]] = [[] for _ in writers]
@@ -138,7 +142,7 @@ class TunnelShell:
             per_queue[flow_hash(packet) % n].append(packet)
         for writer, batch in zip(writers, per_queue, strict=True):
             if batch:
-                await writer.send(batch)
+                await writer.send(offload.items_for_writer(batch) if offload else batch)
 
     def _reschedule(self) -> None:
         if self._timer_scope is not None:
@@ -152,15 +156,19 @@ class TunnelShell:
         """TUN batches -> core (encrypt into GSO batches) -> one sendmsg per batch."""
         send_packet = self.tunnel.send_packet
         stats = self.stats
+        offload = self.offload
         async for batch in receive:
             now = self.now()
             taken = 0
             while True:
                 if handoff is not None:
                     handoff.consumed()
-                for packet in batch:
-                    send_packet(packet, now)
-                taken += len(batch)
+                if offload is None:
+                    for packet in batch:
+                        send_packet(packet, now)
+                    taken += len(batch)
+                else:
+                    taken += self._send_offloaded(offload, batch, now)
                 stats.tun_batches_read += 1
                 if taken + READ_BATCH > TICK_PACKETS:
                     break
@@ -170,6 +178,23 @@ class TunnelShell:
                     break
             stats.tun_packets_read += taken
             await self.flush_network()
+
+    def _send_offloaded(self, offload: TunOffload, reads: list[bytes], now: float) -> int:
+        """Feed TUN reads with vnet headers to the core; returns how many packets they held."""
+        send_packet = self.tunnel.send_packet
+        count = 0
+        for read in reads:
+            packets = offload.packets_from_read(read)
+            if isinstance(packets, memoryview):
+                send_packet(packets, now)
+                count += 1
+            elif packets is None:
+                self.tunnel.counters.drop("tun_malformed_offload")
+            else:
+                for packet in packets:
+                    send_packet(packet, now)
+                count += len(packets)
+        return count
 
     async def _inbound(self, sock: socket.socket) -> None:
         """UDP (GRO) -> core (decrypt) -> TUN writer threads."""
@@ -223,13 +248,15 @@ class TunnelShell:
                     writer_send, writer_receive = trio.open_memory_channel[list[bytearray]](
                         max(1, CHANNEL_PACKETS // _INBOUND_ITEM_MAX))
                     self._writers.append(writer_send)
+                    write_item = self.offload.write_item if self.offload else write_packet
                     if handoff is not None:
                         nursery.start_soon(run_reader, fd, waker, handoff, read_errors, limiter)
                         nursery.start_soon(run_writer, fd, waker, writer_receive, write_errors,
-                                           limiter)
+                                           limiter, write_item)
                     else:
                         nursery.start_soon(run_inline_reader, fd, tun_send, read_errors)
-                        nursery.start_soon(run_inline_writer, fd, writer_receive, write_errors)
+                        nursery.start_soon(run_inline_writer, fd, writer_receive, write_errors,
+                                           write_item)
                 nursery.start_soon(self._outbound, tun_receive, handoff)
                 for sock in self.udp.all():
                     enable_gro(sock)
@@ -251,7 +278,7 @@ async def _wake_when_cancelled(waker: Waker) -> None:
 
 
 async def build_tunnel(config: Config, *, tun_queues: int = DEFAULT_TUN_QUEUES, gso: bool = True,
-                       tun_io: str = "threads",
+                       tun_io: str = "threads", offload: bool = True,
                        log_info: Callable[[str], None] = log.info) -> TunnelShell:
     """Create the device, sockets and routes for `config`; the caller must `close_tunnel` it."""
     iface = config.interface
@@ -261,7 +288,7 @@ async def build_tunnel(config: Config, *, tun_queues: int = DEFAULT_TUN_QUEUES, 
         if peer.endpoint is not None:
             endpoints[peer.public_key] = await resolve_endpoint(peer.endpoint.host,
                                                                 peer.endpoint.port)
-    tun = open_tun(config.interface_name, queues=tun_queues)
+    tun, offload_mode = _open_tun_with_offloads(config.interface_name, tun_queues, offload)
     network: InterfaceNetwork | None = None
     udp: UdpSockets | None = None
     try:
@@ -280,10 +307,11 @@ async def build_tunnel(config: Config, *, tun_queues: int = DEFAULT_TUN_QUEUES, 
             )
         log_info(f"interface {config.interface_name} up: mtu {mtu}, udp port {udp.port}, "
                  f"{len(config.peers)} peer(s), {tun_queues} TUN queue(s) ({tun_io}), "
-                 f"UDP GSO {'on' if gso else 'off'}"
+                 f"UDP GSO {'on' if gso else 'off'}, TUN offload {offload_mode or 'off'}"
                  + (f", full tunnel via table {full_tunnel.fwmark}" if full_tunnel else ""))
         sender = BatchSender(tunnel.counters, gso=gso)
-        return TunnelShell(config, tunnel, tun, udp, network, sender, tun_io=tun_io)
+        return TunnelShell(config, tunnel, tun, udp, network, sender, tun_io=tun_io,
+                           offload=TunOffload(offload_mode) if offload_mode else None)
     except BaseException:
         if udp is not None:
             udp.close()
@@ -293,6 +321,23 @@ async def build_tunnel(config: Config, *, tun_queues: int = DEFAULT_TUN_QUEUES, 
         raise
 
 
+def _open_tun_with_offloads(name: str, queues: int, offload: bool) -> tuple[TunDevice, str | None]:
+    """Open the TUN device with a vnet header and the richest offloads the kernel accepts, falling
+    back step by step (no USO, no TSO, and finally no vnet header at all)."""
+    if offload:
+        tun = open_tun(name, queues=queues, flags=IFF_VNET_HDR)
+        try:
+            mode = enable_offloads(tun)
+        except BaseException:
+            tun.close()
+            raise
+        if mode is not None:
+            return tun, mode
+        log.warning("the kernel accepts no TUN offloads; using plain TUN I/O")
+        tun.close()  # not persistent: the device is gone, so the name is free again
+    return open_tun(name, queues=queues), None
+
+
 def close_tunnel(shell: TunnelShell) -> None:
     shell.udp.close()
     shell.network.close()
@@ -300,9 +345,11 @@ def close_tunnel(shell: TunnelShell) -> None:
 
 
 async def run_until_signalled(config: Config, *, tun_queues: int = DEFAULT_TUN_QUEUES,
-                              gso: bool = True, tun_io: str = "threads") -> None:
+                              gso: bool = True, tun_io: str = "threads",
+                              offload: bool = True) -> None:
     """`fz-trio up`: run the tunnel until SIGINT/SIGTERM, then tear everything down."""
-    shell = await build_tunnel(config, tun_queues=tun_queues, gso=gso, tun_io=tun_io)
+    shell = await build_tunnel(config, tun_queues=tun_queues, gso=gso, tun_io=tun_io,
+                               offload=offload)
     try:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:
@@ -320,4 +367,6 @@ async def run_until_signalled(config: Config, *, tun_queues: int = DEFAULT_TUN_Q
         counters = shell.tunnel.counters.as_dict()
         io = attrs.asdict(shell.stats) | attrs.asdict(
             shell.sender, filter=lambda a, _: a.name != "counters")
+        if shell.offload is not None:
+            io["offload"] = attrs.asdict(shell.offload)
         log.info("stopped; stats: %s", json.dumps({"counters": counters, "io": io}))

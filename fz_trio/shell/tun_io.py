@@ -20,13 +20,26 @@ import errno
 import os
 import select
 import threading
+from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 import trio
 
-# Packets per batch from a reader thread; the packet loop takes at most two batches per tick.
+# Reads per batch from a reader; the packet loop takes at most two batches per tick. With TUN
+# offloads one read may be a 64 KB super-packet, so a batch also stops at READ_BATCH_BYTES.
 READ_BATCH = 50
-_READ_SIZE = 65535
+READ_BATCH_BYTES = 256 * 1024
+_READ_SIZE = 65535 + 10  # the largest packet plus a virtio_net_hdr
+
+# Writes one channel item to a TUN fd. It may raise BlockingIOError (the caller waits and retries
+# the same item) and may return replacement items to write instead (see offload fallback).
+ItemWriter = Callable[[int, Any], "list[Any] | None"]
+
+
+def write_packet(fd: int, packet: bytes | bytearray) -> None:
+    os.write(fd, packet)
+    return None
 
 
 class Waker:
@@ -65,9 +78,10 @@ def read_loop(fd: int, waker: Waker, deliver: Callable[[list[bytes]], None],
         if waker.stopped:
             return
         batch: list[bytes] = []
-        while len(batch) < READ_BATCH:
+        size = 0
+        while len(batch) < READ_BATCH and size < READ_BATCH_BYTES:
             try:
-                batch.append(read(fd, _READ_SIZE))
+                packet = read(fd, _READ_SIZE)
             except BlockingIOError:
                 break
             except OSError as e:
@@ -75,34 +89,38 @@ def read_loop(fd: int, waker: Waker, deliver: Callable[[list[bytes]], None],
                     return
                 on_error(e.errno or 0)
                 break
+            batch.append(packet)
+            size += len(packet)
         if batch:
             deliver(batch)
 
 
-def write_loop(fd: int, waker: Waker, fetch: Callable[[], list[bytearray] | None],
-               on_error: Callable[[int], None]) -> None:
-    """Thread body: `fetch` batches (None at the end) and write each packet to `fd`."""
+def write_loop(fd: int, waker: Waker, fetch: Callable[[], list[Any] | None],
+               on_error: Callable[[int], None], write_item: ItemWriter = write_packet) -> None:
+    """Thread body: `fetch` batches (None at the end) and write each item to `fd`."""
     poller = _poller(fd, select.POLLOUT, waker)
-    write = os.write
     while not waker.stopped:
         batch = fetch()
         if batch is None:
             return
-        for packet in batch:
-            while True:
-                try:
-                    write(fd, packet)
-                    break
-                except BlockingIOError:
-                    poller.poll()
-                    if waker.stopped:
-                        return
-                except OSError as e:
-                    # The kernel refused this packet (e.g. EINVAL for a malformed one): count it.
-                    if e.errno == errno.EBADF:
-                        return
-                    on_error(e.errno or 0)
-                    break
+        pending = deque(batch)
+        while pending:
+            try:
+                replacement = write_item(fd, pending[0])
+            except BlockingIOError:
+                poller.poll()
+                if waker.stopped:
+                    return
+                continue
+            except OSError as e:
+                # The kernel refused this packet (e.g. EINVAL for a malformed one): count it.
+                if e.errno == errno.EBADF:
+                    return
+                on_error(e.errno or 0)
+                replacement = None
+            pending.popleft()
+            if replacement:
+                pending.extendleft(reversed(replacement))
 
 
 class ReaderHandoff:
@@ -141,7 +159,7 @@ async def run_reader(fd: int, waker: Waker, handoff: ReaderHandoff,
     await trio.to_thread.run_sync(read_loop, fd, waker, handoff.deliver, on_error, limiter=limiter)
 
 
-async def _receive_all(receive: trio.MemoryReceiveChannel[list[bytearray]]) -> list[bytearray]:
+async def _receive_all(receive: trio.MemoryReceiveChannel[list[Any]]) -> list[Any]:
     """Wait for one batch, then take every batch already queued: one thread hop for all."""
     packets = await receive.receive()
     while True:
@@ -151,15 +169,17 @@ async def _receive_all(receive: trio.MemoryReceiveChannel[list[bytearray]]) -> l
             return packets
 
 
-async def run_writer(fd: int, waker: Waker, receive: trio.MemoryReceiveChannel[list[bytearray]],
-                     on_error: Callable[[int], None], limiter: trio.CapacityLimiter) -> None:
-    def fetch() -> list[bytearray] | None:
+async def run_writer(fd: int, waker: Waker, receive: trio.MemoryReceiveChannel[list[Any]],
+                     on_error: Callable[[int], None], limiter: trio.CapacityLimiter,
+                     write_item: ItemWriter = write_packet) -> None:
+    def fetch() -> list[Any] | None:
         try:
             return trio.from_thread.run(_receive_all, receive)
         except trio.EndOfChannel:
             return None
 
-    await trio.to_thread.run_sync(write_loop, fd, waker, fetch, on_error, limiter=limiter)
+    await trio.to_thread.run_sync(write_loop, fd, waker, fetch, on_error, write_item,
+                                  limiter=limiter)
 
 
 # --- inline mode ----------------------------------------------------------------------------
@@ -171,29 +191,35 @@ async def run_inline_reader(fd: int, send: trio.MemorySendChannel[list[bytes]],
     while True:
         await trio.lowlevel.wait_readable(fd)
         batch: list[bytes] = []
-        while len(batch) < READ_BATCH:
+        size = 0
+        while len(batch) < READ_BATCH and size < READ_BATCH_BYTES:
             try:
-                batch.append(read(fd, _READ_SIZE))
+                packet = read(fd, _READ_SIZE)
             except BlockingIOError:
                 break
             except OSError as e:
                 on_error(e.errno or 0)
                 break
+            batch.append(packet)
+            size += len(packet)
         if batch:
             await send.send(batch)  # waits while the channel is full: the backpressure
 
 
-async def run_inline_writer(fd: int, receive: trio.MemoryReceiveChannel[list[bytearray]],
-                            on_error: Callable[[int], None]) -> None:
-    write = os.write
+async def run_inline_writer(fd: int, receive: trio.MemoryReceiveChannel[list[Any]],
+                            on_error: Callable[[int], None],
+                            write_item: ItemWriter = write_packet) -> None:
     async for batch in receive:
-        for packet in batch:
-            while True:
-                try:
-                    write(fd, packet)
-                    break
-                except BlockingIOError:
-                    await trio.lowlevel.wait_writable(fd)
-                except OSError as e:
-                    on_error(e.errno or 0)
-                    break
+        pending = deque(batch)
+        while pending:
+            try:
+                replacement = write_item(fd, pending[0])
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(fd)
+                continue
+            except OSError as e:
+                on_error(e.errno or 0)
+                replacement = None
+            pending.popleft()
+            if replacement:
+                pending.extendleft(reversed(replacement))
