@@ -156,17 +156,26 @@ def segment(hdr: VnetHeader, packet: bytes | bytearray | memoryview) -> list[byt
     raise OffloadError(f"unsupported gso_type {hdr.gso_type}")
 
 
-def _ip_for_segment(template: bytes | bytearray | memoryview, version: int, iphl: int,
-                    l4_length: int, index: int) -> bytearray:
-    ip = bytearray(template[:iphl])
+def _segment_template(packet: bytes | bytearray | memoryview, version: int, iphl: int,
+                      l4_end: int, l4_zeroed: tuple[tuple[int, int], ...]) -> tuple[bytearray, int]:
+    """The headers every segment starts from, with the per-segment fields zeroed, and the sum
+    of the IPv4 header part (0 for IPv6), so that each segment's checksums are a few additions."""
+    template = bytearray(packet[:l4_end])
+    zeroed = ((2, 4), (4, 6), (10, 12)) if version == 4 else ((4, 6),)
+    for start, end in zeroed + tuple((iphl + a, iphl + b) for a, b in l4_zeroed):
+        template[start:end] = bytes(end - start)
+    return template, ones_sum(memoryview(template)[:iphl]) if version == 4 else 0
+
+
+def _fill_ip(out: bytearray, version: int, ip_sum: int, ident0: int, index: int,
+             l4_length: int, iphl: int) -> None:
     if version == 4:
-        struct.pack_into("!H", ip, 2, iphl + l4_length)
-        ident = (struct.unpack_from("!H", ip, 4)[0] + index) & 0xFFFF
-        struct.pack_into("!H", ip, 4, ident)
-        ipv4_header_checksum(ip)
+        total = iphl + l4_length
+        ident = (ident0 + index) & 0xFFFF
+        struct.pack_into("!HH", out, 2, total, ident)
+        struct.pack_into("!H", out, 10, checksum_from_sum(ip_sum + total + ident))
     else:
-        struct.pack_into("!H", ip, 4, l4_length)
-    return ip
+        struct.pack_into("!H", out, 4, l4_length)
 
 
 def _segment_tcp(packet: bytes | bytearray | memoryview, version: int, iphl: int,
@@ -181,27 +190,29 @@ def _segment_tcp(packet: bytes | bytearray | memoryview, version: int, iphl: int
     payload_len = len(packet) - start
     seq0 = struct.unpack_from("!I", packet, iphl + 4)[0]
     flags0 = packet[iphl + 13]
-    tcp_template = bytearray(view[iphl:start])
-    tcp_template[16:18] = b"\x00\x00"
+    ident0 = struct.unpack_from("!H", packet, 4)[0] if version == 4 else 0
+    # Zeroed per segment: sequence number, flags (the low byte of the word at 12), checksum.
+    template, ip_sum = _segment_template(packet, version, iphl, start,
+                                         ((4, 8), (13, 14), (16, 18)))
+    tcp_sum = ones_sum(memoryview(template)[iphl:start]) + pseudo_header_sum(
+        packet, version, PROTO_TCP, 0)
     count = max(1, -(-payload_len // mss))
     segments = []
     for i in range(count):
         chunk = view[start + i * mss:start + min((i + 1) * mss, payload_len)]
         l4_length = tcphl + len(chunk)
-        tcp = bytearray(tcp_template)
-        struct.pack_into("!I", tcp, 4, (seq0 + i * mss) & 0xFFFFFFFF)
+        seq = (seq0 + i * mss) & 0xFFFFFFFF
         flags = flags0
         if i != count - 1:
             flags &= ~(TCP_FIN | TCP_PSH)  # only the last segment ends or pushes
         if i != 0:
             flags &= ~TCP_CWR  # congestion window reduced is said once
-        tcp[13] = flags
-        total = (pseudo_header_sum(packet, version, PROTO_TCP, l4_length) + ones_sum(tcp)
-                 + ones_sum(chunk))
-        tcp[16:18] = checksum_from_sum(total).to_bytes(2, "big")
-        out = _ip_for_segment(packet, version, iphl, l4_length, i)
-        out += tcp
-        out += chunk
+        out = template + chunk
+        _fill_ip(out, version, ip_sum, ident0, i, l4_length, iphl)
+        struct.pack_into("!I", out, iphl + 4, seq)
+        out[iphl + 13] = flags
+        total = tcp_sum + l4_length + (seq >> 16) + (seq & 0xFFFF) + flags + ones_sum(chunk)
+        struct.pack_into("!H", out, iphl + 16, checksum_from_sum(total))
         segments.append(out)
     return segments
 
@@ -213,20 +224,21 @@ def _segment_udp(packet: bytes | bytearray | memoryview, version: int, iphl: int
         raise OffloadError("USO packet without a UDP header or with gso_size 0")
     view = memoryview(packet)
     payload_len = len(packet) - start
+    ident0 = struct.unpack_from("!H", packet, 4)[0] if version == 4 else 0
+    template, ip_sum = _segment_template(packet, version, iphl, start, ((4, 8),))
+    udp_sum = ones_sum(memoryview(template)[iphl:start]) + pseudo_header_sum(
+        packet, version, PROTO_UDP, 0)
     count = max(1, -(-payload_len // size))
     segments = []
     for i in range(count):
         chunk = view[start + i * size:start + min((i + 1) * size, payload_len)]
         l4_length = 8 + len(chunk)
-        udp = bytearray(view[iphl:start])
-        struct.pack_into("!HH", udp, 4, l4_length, 0)
-        total = (pseudo_header_sum(packet, version, PROTO_UDP, l4_length) + ones_sum(udp)
-                 + ones_sum(chunk))
-        udp[6:8] = checksum_from_sum(total).to_bytes(2, "big")  # never 0 (which means "none")
-        out = _ip_for_segment(packet, version, iphl, l4_length, i)
-        out += udp
-        out += chunk
-        segments.append(out)
+        out = template + chunk
+        _fill_ip(out, version, ip_sum, ident0, i, l4_length, iphl)
+        # The UDP length appears twice in the sum: in the header and in the pseudo-header.
+        total = udp_sum + 2 * l4_length + ones_sum(chunk)
+        struct.pack_into("!HH", out, iphl + 4, l4_length, checksum_from_sum(total))
+        segments.append(out)  # checksum_from_sum never gives 0, which would mean "none"
     return segments
 
 
