@@ -909,3 +909,24 @@ def test_ipv4_mapped_source_is_the_same_endpoint() -> None:
     p.a.receive_datagram(datagram, ("::ffff:198.51.100.2", 51820, 0, 0), p.net.now)
     assert p.a.take_tun_packets() == [p.ba(b"via a dual-stack socket")]
     assert p.a_peer.endpoint == B_ADDR
+
+
+def test_send_packets_routes_a_batch_like_send_packet_does() -> None:
+    """The batch API used by the shell gives the same result as one call per packet, including
+    runs to one destination, changes of destination, and unroutable or non-IP packets."""
+    net = MemNet(0.005)
+    hub, b, c = make_tunnel("hub"), make_tunnel("b"), make_tunnel("c")
+    hub.add_peer(b.public_key, allowed_ips=["10.0.0.2/32"], endpoint=B_ADDR)
+    hub.add_peer(c.public_key, allowed_ips=["10.0.0.3/32", "fd00::3/128"], endpoint=C_ADDR)
+    b.add_peer(hub.public_key, allowed_ips=["10.0.0.0/8"], endpoint=A_ADDR)
+    c.add_peer(hub.public_key, allowed_ips=["10.0.0.0/8", "fd00::/64"], endpoint=A_ADDR)
+    for addr, t in [(A_ADDR, hub), (B_ADDR, b), (C_ADDR, c)]:
+        net.add(addr, t)
+    batch = [v4("10.0.0.1", "10.0.0.2", bytes([i]) * 30) for i in range(3)]
+    batch += [v4("10.0.0.1", "10.0.0.3"), v6("fd00::1", "fd00::3"), v4("10.0.0.1", "10.9.9.9"),
+              b"\x00" * 10, v4("10.0.0.1", "10.0.0.2", b"last")]
+    hub.send_packets(batch, net.now)
+    net.run_for(1.0)
+    assert net.tun[b] == batch[:3] + [batch[7]]
+    assert net.tun[c] == batch[3:5]
+    assert hub.counters.drops["no_route"] == 1 and hub.counters.drops["tun_not_ip"] == 1

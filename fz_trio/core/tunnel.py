@@ -141,6 +141,23 @@ class Tunnel:
             return
         peer.send_packet(packet, now, now + self.wall_offset, self._transmits)
 
+    def send_packets(self, packets: Iterable[bytes | bytearray | memoryview], now: float) -> None:
+        """Many IP packets from TUN (a batch, the segments of a super-packet): like `send_packet`
+        each, but a run of packets to one destination is routed once."""
+        wall = now + self.wall_offset
+        out = self._transmits
+        last_destination: bytes | None = None
+        peer: Peer | None = None
+        for packet in packets:
+            destination = _destination(packet)
+            if destination != last_destination or destination is None:
+                peer = self.route(destination)
+                last_destination = destination
+            if peer is None:
+                self.counters.drop("no_route" if len(packet) >= 20 else "tun_not_ip")
+                continue
+            peer.send_packet(packet, now, wall, out)
+
     def route(self, address: bytes | None) -> Peer | None:
         """The peer whose AllowedIPs hold `address` (4 or 16 bytes), by longest prefix."""
         if address is None:

@@ -154,7 +154,7 @@ class TunnelShell:
     async def _outbound(self, receive: trio.MemoryReceiveChannel[list[bytes]],
                         handoff: ReaderHandoff | None) -> None:
         """TUN batches -> core (encrypt into GSO batches) -> one sendmsg per batch."""
-        send_packet = self.tunnel.send_packet
+        send_packets = self.tunnel.send_packets
         stats = self.stats
         offload = self.offload
         async for batch in receive:
@@ -164,8 +164,7 @@ class TunnelShell:
                 if handoff is not None:
                     handoff.consumed()
                 if offload is None:
-                    for packet in batch:
-                        send_packet(packet, now)
+                    send_packets(batch, now)
                     taken += len(batch)
                 else:
                     taken += self._send_offloaded(offload, batch, now)
@@ -182,6 +181,7 @@ class TunnelShell:
     def _send_offloaded(self, offload: TunOffload, reads: list[bytes], now: float) -> int:
         """Feed TUN reads with vnet headers to the core; returns how many packets they held."""
         send_packet = self.tunnel.send_packet
+        send_packets = self.tunnel.send_packets
         count = 0
         for read in reads:
             packets = offload.packets_from_read(read)
@@ -191,8 +191,7 @@ class TunnelShell:
             elif packets is None:
                 self.tunnel.counters.drop("tun_malformed_offload")
             else:
-                for packet in packets:
-                    send_packet(packet, now)
+                send_packets(packets, now)
                 count += len(packets)
         return count
 
