@@ -463,6 +463,23 @@ def test_more_data_during_the_keepalive_wait_asks_for_another_keepalive() -> Non
     assert times == pytest.approx([first, first + KEEPALIVE_TIMEOUT])
 
 
+def test_passive_keepalive_also_after_data_that_is_dropped() -> None:
+    # Authenticated data is data for the timers even when its inner source is not allowed
+    # (wireguard-go and the kernel alike); otherwise the sender hears nothing and, 15 s on,
+    # starts a handshake it does not need.
+    p = make_pair(latency=0.02, connect=True)
+    net = p.net
+    net.run_for(30.0)
+    t0 = net.now
+    net.send(p.a, v4("10.0.0.99", "10.0.0.2"))  # A may not use 10.0.0.99: B drops it
+    net.run_for(60.0)
+    assert p.b.counters.drops["source_not_allowed"] == 1
+    from_b = sent_by(net, B_ADDR, since=t0)
+    assert len(from_b) == 1 and is_keepalive(from_b[0])
+    assert from_b[0].sent_at == pytest.approx(t0 + 0.02 + KEEPALIVE_TIMEOUT)
+    assert sent_by(net, A_ADDR, kind=1, since=t0) == []
+
+
 def test_no_passive_keepalive_when_replying_anyway() -> None:
     p = make_pair(latency=0.02, connect=True)
     t0 = p.net.now

@@ -242,7 +242,10 @@ class Tunnel:
             if packet_len < 0:
                 # Authenticated but not acceptable: still proves the peer is alive.
                 packet_len = 0
-        peer.session_received(session, len(data), packet_len, _normalise(source), now,
+        # Any authenticated non-empty plaintext is data for the timers (whitepaper 6.5;
+        # wireguard-go and the kernel arm the passive keepalive before checking the inner
+        # packet), even when the packet itself is then dropped.
+        peer.session_received(session, len(data), len(plain), _normalise(source), now,
                               now + self.wall_offset, self._transmits)
         if packet_len:
             if packet_len != len(plain):
