@@ -259,6 +259,7 @@ class _Group:
     next_seq: int = 0
     next_id: int = 0
     closed: bool = False
+    push: bool = False  # a later segment had PSH: the super-packet carries it
     length: int = 0
 
 
@@ -315,8 +316,7 @@ def _try_append(group: _Group, packet: bytearray, l4hl: int, payload: int) -> bo
     if payload < group.gso_size:
         group.closed = True  # a short segment must be the last one
     if group.proto == PROTO_TCP and packet[iphl + 13] & TCP_PSH:
-        group.closed = True
-        group.first[iphl + 13] |= TCP_PSH  # the super-packet's flags are the first's
+        group.closed = group.push = True
     return True
 
 
@@ -390,6 +390,8 @@ def _build_super_packet(group: _Group) -> tuple[bytes, bytearray]:
     else:
         struct.pack_into("!H", packet, 4, l4_length)
     if group.proto == PROTO_TCP:
+        if group.push:
+            packet[iphl + 13] |= TCP_PSH
         csum_offset = 16
         gso_type = GSO_TCPV4 if version == 4 else GSO_TCPV6
     else:
