@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    up = sub.add_parser("up", help="bring a tunnel up from a wg-quick config; runs until SIGINT/SIGTERM")
+    up = sub.add_parser(
+        "up", help="bring a tunnel up from a wg-quick config; runs until SIGINT/SIGTERM")
     up.add_argument("config", help="path to a wg-quick style config, e.g. wg0.conf")
     up.add_argument("--interface", help="interface name (default: the config file's stem)")
     up.add_argument("--tun-queues", type=_positive_int, default=1, metavar="N",

@@ -29,7 +29,8 @@ def run_demo(*, seconds: int = 3, peer: str = "auto") -> int:
              "they completed a WireGuard handshake.")
         for address in (net.tunnel_a4, net.tunnel_a6):
             result = net.run(net.ns_b, "ping", "-c", "3", "-i", "0.2", address, check=False)
-            summary = [line for line in result.stdout.splitlines() if "packet loss" in line or "rtt" in line]
+            summary = [line for line in result.stdout.splitlines()
+                       if "packet loss" in line or "rtt" in line]
             _say(f"3. ping {address} through the tunnel: " + "; ".join(summary))
             if result.returncode != 0:
                 _say("   ping failed; fz-trio's log:\n" + pair.client.log_tail())

@@ -103,7 +103,8 @@ def test_stalled_udp_side_stops_tun_reads_with_bounded_memory(testnet: TestNet,
         time.sleep(0.25)
         samples.append(vm_rss_mb(pid))
     sent = int(flood.communicate(timeout=30)[0])
-    link = json.loads(net.run(net.ns_b, "ip", "-s", "-j", "link", "show", pair.client.ifname).stdout)
+    shown = net.run(net.ns_b, "ip", "-s", "-j", "link", "show", pair.client.ifname).stdout
+    link = json.loads(shown)
     tun_tx_dropped = link[0]["stats64"]["tx"]["dropped"]
     elapsed = pair.stop_fz_trio(pair.client)
     stats = exit_stats(pair.client)

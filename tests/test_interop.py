@@ -22,7 +22,8 @@ TRANSFER_BYTES = 50 * 1024 * 1024
 # EOF and answers with the SHA-256 of what it read; with role "source" it sends the seeded bytes.
 _PEER_SCRIPT = r"""
 import hashlib, random, socket, sys
-role, host, port, size, seed = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+role, host = sys.argv[1], sys.argv[2]
+port, size, seed = int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 def payload():
     rng = random.Random(seed)
     left = size
@@ -98,7 +99,8 @@ def test_inline_tun_io_against_wireguard_go(testnet: TestNet) -> None:
 
 
 @pytest.mark.parametrize("server_impl, client_impl, use_psk", CASES)
-def test_tunnel_interop(testnet: TestNet, server_impl: str, client_impl: str, use_psk: bool) -> None:
+def test_tunnel_interop(testnet: TestNet, server_impl: str, client_impl: str,
+                        use_psk: bool) -> None:
     pair = TunnelPair(testnet, server_impl=server_impl, client_impl=client_impl,  # type: ignore[arg-type]
                       use_psk=use_psk)
     pair.start()
@@ -116,7 +118,8 @@ def test_tunnel_interop(testnet: TestNet, server_impl: str, client_impl: str, us
 
 
 def test_ipv6_underlay(testnet: TestNet) -> None:
-    pair = TunnelPair(testnet, server_impl="wireguard-go", client_impl="fz-trio", ipv6_underlay=True)
+    pair = TunnelPair(testnet, server_impl="wireguard-go", client_impl="fz-trio",
+                      ipv6_underlay=True)
     pair.start()
     pair.ping(testnet.ns_b, testnet.tunnel_a4)
     pair.ping(testnet.ns_b, testnet.tunnel_a6)
@@ -133,7 +136,8 @@ def test_shutdown_is_fast_and_clean(testnet: TestNet) -> None:
     time.sleep(0.5)
     elapsed = pair.stop_fz_trio(pair.client)
     flood.kill()
-    assert pair.client.process is not None and pair.client.process.returncode == 0, pair.client.log_tail()
+    assert pair.client.process is not None
+    assert pair.client.process.returncode == 0, pair.client.log_tail()
     assert elapsed < 1.0, f"shutdown took {elapsed:.2f}s"
     assert not testnet.link_exists(testnet.ns_b, pair.client.ifname)
     routes = testnet.run(testnet.ns_b, "ip", "-4", "route", "show").stdout

@@ -56,7 +56,7 @@ class AllowedIPs(Generic[T]):
         return self._v4 if network.version == 4 else self._v6
 
     def insert(self, network: Network, value: T) -> None:
-        """Map `network` to `value`; an existing identical prefix moves to the new value, as in wg."""
+        """Map `network` to `value`; an existing identical prefix moves to the new value (as wg)."""
         length = network.prefixlen
         key = int(network.network_address) >> (network.max_prefixlen - length) if length else 0
         self._table(network).insert(key, length, value)

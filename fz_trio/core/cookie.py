@@ -68,7 +68,7 @@ class CookieJar:
         return body + mac1 + mac2
 
     def consume_reply(self, reply: CookieReply, now: float) -> bool:
-        """Store the cookie of a valid reply; False when it does not decrypt against our last mac1."""
+        """Store the cookie of a valid reply; False when it does not decrypt with our last mac1."""
         if self.last_mac1 is None:
             return False
         try:

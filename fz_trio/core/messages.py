@@ -70,7 +70,8 @@ class CookieReply:
     encrypted_cookie: bytes
 
     def pack(self) -> bytes:
-        return _COOKIE_REPLY.pack(TYPE_COOKIE_REPLY, self.receiver, self.nonce, self.encrypted_cookie)
+        return _COOKIE_REPLY.pack(TYPE_COOKIE_REPLY, self.receiver, self.nonce,
+                                  self.encrypted_cookie)
 
 
 Message = Initiation | Response | CookieReply

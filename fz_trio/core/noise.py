@@ -122,7 +122,7 @@ def create_response(
     local_index: int,
     ephemeral_private: bytes,
 ) -> tuple[Response, TransportKeys]:
-    """Answer a consumed Initiation; returns the Response (without macs) and the responder's keys."""
+    """Answer a consumed Initiation: the Response (without macs) and the responder's keys."""
     ck, h = consumed.chaining_key, consumed.hash
     ephemeral_public = crypto.public_key_of(ephemeral_private)
     (ck,) = kdf(ck, ephemeral_public, 1)

@@ -87,7 +87,7 @@ class Peer:
 
     def send_packet(self, packet: bytes | bytearray | memoryview, now: float, wall: float,
                     out: GsoBatcher) -> None:
-        """Encrypt and send an IP packet, or stage it and start a handshake when there is no session."""
+        """Encrypt and send an IP packet, or stage it and start a handshake if there is no session."""
         session = self.current
         timers = self.timers
         endpoint = self.endpoint
@@ -121,7 +121,8 @@ class Peer:
 
     def _flush_staged(self, now: float, wall: float, out: GsoBatcher) -> None:
         session = self.current
-        if session is None or self.endpoint is None or not session.usable_for_sending(now, self.timers):
+        if (session is None or self.endpoint is None
+                or not session.usable_for_sending(now, self.timers)):
             self.initiate_handshake(now, wall, out, retry=False)
             return
         staged, self.staged = self.staged, deque(maxlen=MAX_STAGED_PACKETS)
@@ -340,7 +341,8 @@ class Peer:
         self.zero_key_material_at = now + 3 * self.timers.reject_after_time
 
     def _jitter(self) -> float:
-        return int.from_bytes(self.random_bytes(2), "little") / 65535 * self.timers.rekey_timeout_jitter_max
+        fraction = int.from_bytes(self.random_bytes(2), "little") / 65535
+        return fraction * self.timers.rekey_timeout_jitter_max
 
     # --- session lifetime -------------------------------------------------------------------
 

@@ -230,7 +230,8 @@ class TunnelShell:
             self.tunnel.handle_timeout(self.now())
             await self.flush_network()
 
-    async def run(self, task_status: trio.TaskStatus[TunnelShell] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self,
+                  task_status: trio.TaskStatus[TunnelShell] = trio.TASK_STATUS_IGNORED) -> None:
         waker = Waker()
         queues = len(self.tun.fds)
         limiter = trio.CapacityLimiter(2 * queues)

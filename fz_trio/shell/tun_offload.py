@@ -81,7 +81,8 @@ class TunOffload:
             if e.errno != errno.EINVAL or hdr[1] == GSO_NONE:
                 raise
             if self.coalescing:
-                log.warning("the kernel refused a GSO write to TUN; writing plain packets from now on")
+                log.warning("the kernel refused a GSO write to TUN; "
+                            "writing plain packets from now on")
             self.coalescing = False
             self.gso_writes_rejected += 1
             return [(PLAIN_HDR, s) for s in segment(VnetHeader.parse(hdr), packet)]
