@@ -87,7 +87,7 @@ class Peer:
 
     def send_packet(self, packet: bytes | bytearray | memoryview, now: float, wall: float,
                     out: GsoBatcher) -> None:
-        """Encrypt and send an IP packet, or stage it and start a handshake if there is no session."""
+        """Encrypt and send an IP packet, or stage it and start a handshake without a session."""
         session = self.current
         timers = self.timers
         endpoint = self.endpoint
