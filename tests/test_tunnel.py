@@ -7,6 +7,7 @@ Everything runs on simulated time with the protocol's real timer constants (memn
 from __future__ import annotations
 
 import struct
+from collections import deque
 
 import attrs
 import pytest
@@ -478,6 +479,25 @@ def test_passive_keepalive_also_after_data_that_is_dropped() -> None:
     assert len(from_b) == 1 and is_keepalive(from_b[0])
     assert from_b[0].sent_at == pytest.approx(t0 + 0.02 + KEEPALIVE_TIMEOUT)
     assert sent_by(net, A_ADDR, kind=1, since=t0) == []
+
+
+def test_staged_reply_flushed_on_confirmation_counts_as_a_reply() -> None:
+    # B (responder) has a packet staged until A's first data confirms the session; flushing it
+    # then answers that data, so no passive keepalive is owed 10 s later, and B now waits for
+    # an answer to it ("data sent, nothing received" armed).
+    p = make_pair(latency=0.01)
+    net = p.net
+    net.send(p.a, p.ab(b"first"))
+    net.run_for(0.025)  # A has its session; "first" is in flight
+    net.send(p.b, p.ba(b"reply"))  # B has only its unconfirmed `next`: staged
+    assert len(p.b_peer.staged) == 1
+    net.run_for(0.006)  # "first" arrives, B confirms and sends "reply"
+    assert net.tun[p.a] == [] and p.b_peer.staged == deque()
+    assert p.b_peer.send_keepalive_at is None
+    assert p.b_peer.new_handshake_at is not None
+    net.run_for(30.0)
+    assert net.tun[p.a] == [p.ba(b"reply")]
+    assert not any(is_keepalive(d) for d in sent_by(net, B_ADDR))
 
 
 def test_no_passive_keepalive_when_replying_anyway() -> None:

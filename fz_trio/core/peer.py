@@ -251,16 +251,20 @@ class Peer:
         """Bookkeeping after `session` authenticated a datagram (plaintext of `plain_len` bytes)."""
         self.endpoint = source
         self.rx_bytes += datagram_len
-        if session is self.next:
+        confirmed = session is self.next
+        if confirmed:
             # First packet on the responder's new session confirms the handshake.
             self._drop(self.previous)
             self.previous, self.current, self.next = self.current, session, None
             self._on_handshake_complete(wall)
-            if self.staged:
-                self._flush_staged(now, wall, out)
         self._on_authenticated_received(now)
         if plain_len:
             self._on_data_received(now)
+        # Staged packets go out after the receive bookkeeping, as in wireguard-go and the
+        # kernel: sending them answers the data just received (no passive keepalive owed) and
+        # arms the "data sent, nothing received" timer that the receive would otherwise clear.
+        if confirmed and self.staged:
+            self._flush_staged(now, wall, out)
         if (session is self.current and session.is_initiator and self.pending is None
                 and now - session.created >= self.timers.receive_side_rekey_age):
             self.initiate_handshake(now, wall, out, retry=False)
