@@ -284,10 +284,12 @@ def _tcp_candidate(packet: bytearray, version: int, iphl: int) -> tuple[int, int
 def _same_ip(group: _Group, packet: bytearray) -> bool:
     first = group.first
     if group.version == 4:
-        # Same TOS, DF/flags, TTL, protocol; the ID must continue the run (or stay fixed).
+        # Same TOS, DF/flags, TTL, protocol; the ID must continue the run, or (with DF set,
+        # as kernel GRO allows) stay fixed.
         ident = (packet[4] << 8) | packet[5]
+        fixed_id = packet[6] & 0x40 and ident == (first[4] << 8) | first[5]
         return (first[1] == packet[1] and first[6:7] == packet[6:7] and packet[7] == 0
-                and first[8] == packet[8] and ident in (group.next_id, (first[4] << 8) | first[5]))
+                and first[8] == packet[8] and (ident == group.next_id or bool(fixed_id)))
     return first[0:4] == packet[0:4] and first[7] == packet[7]
 
 
