@@ -88,8 +88,8 @@ class Datagram:
 
     def __repr__(self) -> str:
         who = self.sender or "injected"
-        return (f"<Datagram #{self.seq} t={self.sent_at:.3f} {who} {_fmt(self.src)} -> "
-                f"{_fmt(self.dst)} {describe(self.data)}>")
+        return (f"<Datagram #{self.seq} t={self.sent_at:.3f} {who} {format_endpoint(self.src)} -> "
+                f"{format_endpoint(self.dst)} {describe(self.data)}>")
 
 
 @attrs.define(eq=False)
@@ -170,7 +170,8 @@ class SimNode:
         return [f"100.64.{self.index}.0/24", f"fd00:64:0:{self.index}::/64"]
 
     def __repr__(self) -> str:
-        return (f"<SimNode {self.name} {_fmt(self.address)} key {encode_key(self.public_key)[:8]}… "
+        key = encode_key(self.public_key)[:8]
+        return (f"<SimNode {self.name} {format_endpoint(self.address)} key {key}… "
                 f"tunnel {self.tunnel_v4} {self.tunnel_v6}>")
 
     # --- configuration (kept in `peers` too, so that a restart can rebuild the tunnel) ------
@@ -360,7 +361,8 @@ class SimNetwork:
         if host not in UNDERLAY:
             raise ValueError(f"underlay addresses are in {UNDERLAY}, not {address[0]}")
         if address in self._by_address:
-            raise ValueError(f"{_fmt(address)} is taken by {self._by_address[address].name}")
+            taken_by = self._by_address[address].name
+            raise ValueError(f"{format_endpoint(address)} is taken by {taken_by}")
 
     # --- inputs --------------------------------------------------------------------------------
 
@@ -580,7 +582,8 @@ def _name(node: SimNode | str) -> str:
     return node if isinstance(node, str) else node.name
 
 
-def _fmt(endpoint: Endpoint) -> str:
+def format_endpoint(endpoint: Endpoint) -> str:
+    """host:port, with brackets around an IPv6 host."""
     host, port = endpoint
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -630,7 +633,7 @@ class Tracer(SimObserver):
 
     def _who(self, endpoint: Endpoint) -> str:
         node = self.net.node_at(endpoint)
-        return node.name if node is not None else _fmt(endpoint)
+        return node.name if node is not None else format_endpoint(endpoint)
 
     def transmitted(self, node: SimNode, datagram: Datagram) -> None:
         self.write(f"[{self.net.now:9.3f}] {node.name:>6} -> {self._who(datagram.dst):<6} "
@@ -683,14 +686,20 @@ def _icmp_checksum(src: str, dst: str, message: bytes) -> int:
     return _checksum(pseudo + message)
 
 
-def icmp_echo(src: str, dst: str, ident: int, seq: int, payload: bytes = b"",
-              reply: bool = False) -> bytes:
-    """An ICMP (or ICMPv6) echo request or reply, checksums and all."""
+def icmp_echo_message(src: str, dst: str, ident: int, seq: int, payload: bytes = b"",
+                      reply: bool = False) -> bytes:
+    """The ICMP (or ICMPv6) echo request or reply message itself, with its checksum."""
     v6 = ipaddress.ip_address(src).version == 6
     kind = (129 if reply else 128) if v6 else (0 if reply else 8)
     message = struct.pack("!BBHHH", kind, 0, 0, ident, seq) + payload
-    message = message[:2] + struct.pack("!H", _icmp_checksum(src, dst, message)) + message[4:]
-    return ip_packet(src, dst, message, 58 if v6 else 1)
+    return message[:2] + struct.pack("!H", _icmp_checksum(src, dst, message)) + message[4:]
+
+
+def icmp_echo(src: str, dst: str, ident: int, seq: int, payload: bytes = b"",
+              reply: bool = False) -> bytes:
+    """An ICMP (or ICMPv6) echo request or reply in its IP packet, checksums and all."""
+    message = icmp_echo_message(src, dst, ident, seq, payload, reply)
+    return ip_packet(src, dst, message, 58 if ":" in src else 1)
 
 
 def parse_echo(packet: bytes) -> tuple[str, str, str, int, int] | None:
