@@ -11,6 +11,7 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings as _hypothesis_settings
 
 from fz_trio import testnet as _tn
 
@@ -60,3 +61,14 @@ def _no_leaked_namespaces() -> Iterator[None]:
         subprocess.run(["ip", "netns", "delete", ns], capture_output=True, timeout=30)
     if leaked:
         pytest.fail(f"test network namespaces leaked (now deleted): {', '.join(leaked)}")
+
+
+# Hypothesis profiles, chosen with HYPOTHESIS_PROFILE (default "ci"). "ci" keeps hypothesis's 100
+# examples per test (the state machines then take about a minute in all); "long" is `nox -s
+# props`. Failures print the shrunk steps and a @reproduce_failure blob; failing examples are
+# also kept in .hypothesis/ (git-ignored) and replayed first on the next local run.
+_hypothesis_settings.register_profile("ci", max_examples=100, stateful_step_count=150,
+                                      print_blob=True)
+_hypothesis_settings.register_profile("long", max_examples=1000, stateful_step_count=200,
+                                      print_blob=True)
+_hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
