@@ -1,4 +1,4 @@
-"""Developer sessions: `nox -s tests`, `nox -s lint`, `nox -s demo`, `nox -s bench`."""
+"""Developer sessions: `nox -s tests`, `props`, `lint`, `demo`, `bench`."""
 
 from __future__ import annotations
 
@@ -13,6 +13,15 @@ def tests(session: nox.Session) -> None:
     """The whole suite; the namespace interop tests need root, wireguard-go and iperf3."""
     session.install("-e", ".[test]")
     session.run("pytest", *session.posargs)
+
+
+@nox.session
+def props(session: nox.Session) -> None:
+    """The state-machine tests with the `long` hypothesis profile (thousands of runs), and the
+    check that each deliberately broken core is caught."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "tests/test_state_machine.py", "tests/test_mutations.py",
+                *session.posargs, env={"HYPOTHESIS_PROFILE": "long"})
 
 
 @nox.session
