@@ -77,6 +77,32 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(seconds=args.seconds, peer=args.peer)
 
 
+def _cmd_repl(args: argparse.Namespace) -> int:
+    from fz_trio.repl import run_live_repl, run_sim_repl
+
+    if args.sim:
+        if args.config:
+            raise CliError("repl: give a config file or --sim, not both")
+        return run_sim_repl(seed=args.seed)
+    if not args.config:
+        raise CliError("repl: a config file is needed (or --sim for a simulated network)")
+    from fz_trio.config import ConfigError, load_config
+    from fz_trio.shell.netconfig import NetConfigError
+    from fz_trio.shell.runner import ResolveError
+    from fz_trio.shell.tun import TunError
+    from fz_trio.shell.udp import UdpError
+
+    try:
+        config = load_config(args.config, interface_name=args.interface)
+    except ConfigError as e:
+        raise CliError(str(e)) from e
+    _require_root("fz-trio repl")
+    try:
+        return trio.run(run_live_repl, config)
+    except (TunError, NetConfigError, UdpError, ResolveError) as e:
+        raise CliError(str(e)) from e
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if not 1 <= value <= 64:
@@ -117,6 +143,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--peer", choices=["auto", "wireguard-go", "fz-trio"], default="auto",
                       help="what runs on the far end (default: wireguard-go when installed)")
     demo.set_defaults(func=_cmd_demo)
+
+    repl = sub.add_parser("repl", help="an async Python REPL with the tunnel up (or, with --sim, "
+                                       "peers on a simulated network)")
+    repl.add_argument("config", nargs="?", help="wg-quick style config (omit with --sim)")
+    repl.add_argument("--interface", help="interface name (default: the config file's stem)")
+    repl.add_argument("--sim", action="store_true",
+                      help="no root, no devices: alice, bob and carol on a simulated network")
+    repl.add_argument("--seed", type=int, default=1, help="the simulation's seed (--sim)")
+    repl.set_defaults(func=_cmd_repl)
     return parser
 
 

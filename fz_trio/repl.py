@@ -1,0 +1,312 @@
+"""The developer REPL: an async Python console with a live tunnel, or a simulated network.
+
+    fz-trio repl wg0.conf     # as root: the tunnel comes up; poke at it; Ctrl-D takes it down
+    fz-trio repl --sim        # no root: alice, bob and carol on fz_trio.sim's network
+
+Statements may `await` at top level, as in `python -m trio`. The console itself runs in a worker
+thread (it blocks in input()); each statement is handed to the Trio thread and runs there, so it
+sees the live objects on the loop that owns them, while the tunnel's tasks keep running between
+(and during) statements. trio's own console (trio/_repl.py) works this way too, but it is a
+private module with a fixed banner; this one is small enough to own.
+
+Ctrl-C cancels the running statement (the tunnel is untouched); Ctrl-D or exit() leaves, which
+in live mode brings the tunnel down and removes the interface.
+"""
+
+from __future__ import annotations
+
+import ast
+import code
+import inspect
+import logging
+import os
+import random
+import signal
+import socket
+import sys
+import traceback
+import types
+from typing import Any
+
+import attrs
+import trio
+
+from fz_trio import __version__
+from fz_trio.core.crypto import encode_key
+from fz_trio.core.peer import Peer
+from fz_trio.core.tunnel import Tunnel
+from fz_trio.sim import SimNetwork, SimNode, format_endpoint, icmp_echo_message
+
+log = logging.getLogger(__name__)
+
+
+# --- the console ----------------------------------------------------------------------------
+
+
+class TrioConsole(code.InteractiveConsole):
+    """An InteractiveConsole whose statements run on the Trio thread, with top-level await.
+
+    `interact()` must run in a worker thread (`trio.to_thread.run_sync`)."""
+
+    def __init__(self, namespace: dict[str, Any]) -> None:
+        super().__init__(locals=namespace, filename="<repl>")
+        self.compile.compiler.flags |= ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
+        self.running: trio.CancelScope | None = None  # the statement being run, for Ctrl-C
+
+    def runcode(self, code_object: types.CodeType) -> None:
+        error = trio.from_thread.run(self._run, code_object)
+        if isinstance(error, SystemExit):
+            raise error
+        if error is not None:
+            self._show(error)
+
+    async def _run(self, code_object: types.CodeType) -> BaseException | None:
+        # A module-level code object called as a function runs with our namespace as its
+        # globals and locals; with a top-level await in it, the call returns a coroutine.
+        function = types.FunctionType(code_object, self.locals)  # type: ignore[arg-type]
+        with trio.CancelScope() as scope:
+            self.running = scope
+            try:
+                result = function()
+                if inspect.iscoroutine(result):
+                    await result
+            except trio.Cancelled:
+                raise
+            except BaseException as error:  # the user's error: shown, and the console goes on
+                return error
+            finally:
+                self.running = None
+        return KeyboardInterrupt() if scope.cancelled_caught else None
+
+    def _show(self, error: BaseException) -> None:
+        if isinstance(error, KeyboardInterrupt):
+            self.write("KeyboardInterrupt\n")
+            return
+        sys.last_type, sys.last_value, sys.last_traceback = (type(error), error,
+                                                             error.__traceback__)
+        tb = error.__traceback__
+        while tb is not None and tb.tb_frame.f_code is TrioConsole._run.__code__:
+            tb = tb.tb_next  # our own frame is noise
+        self.write("".join(traceback.format_exception(type(error), error, tb)))
+
+
+async def _interrupts(console: TrioConsole, signals: Any) -> None:
+    async for _ in signals:
+        if console.running is not None:
+            console.running.cancel()
+        else:
+            sys.stderr.write("\nKeyboardInterrupt (press Enter; Ctrl-D or exit() leaves)\n")
+            sys.stderr.flush()
+
+
+async def run_console(namespace: dict[str, Any], banner: str) -> int:
+    """Run the console until Ctrl-D or exit(); the exit status."""
+    try:
+        import readline  # noqa: F401  - line editing and history when there is a terminal
+    except ImportError:
+        pass
+    console = TrioConsole(namespace)
+    status = 0
+    with trio.open_signal_receiver(signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_interrupts, console, signals)
+            try:
+                # Abandoned on cancellation (SIGTERM in live mode): the thread is stuck in input().
+                await trio.to_thread.run_sync(console.interact, banner, "",
+                                              abandon_on_cancel=True)
+            except SystemExit as exit_:
+                status = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None
+                                                                          else 1)
+            finally:
+                nursery.cancel_scope.cancel()
+    return status
+
+
+# --- what the console shows -----------------------------------------------------------------
+
+
+@attrs.frozen
+class PingResult:
+    """The answer to `await ping(...)`: true when a reply came back."""
+
+    address: str
+    rtt: float | None  # seconds (simulated seconds in --sim mode)
+    timeout: float
+
+    def __bool__(self) -> bool:
+        return self.rtt is not None
+
+    def __repr__(self) -> str:
+        if self.rtt is None:
+            return f"no reply from {self.address} within {self.timeout:g} s"
+        return f"reply from {self.address}: time={self.rtt * 1000:.2f} ms"
+
+
+def describe_tunnel(tunnel: Tunnel, now: float, names: dict[bytes, str] | None = None) -> str:
+    """Peers, their sessions and endpoints, and the counters: what `show()` prints."""
+    names = names or {}
+    lines = [f"interface key {encode_key(tunnel.public_key)}"]
+    for key, peer in tunnel.peers.items():
+        name = names.get(key, encode_key(key)[:8] + "…")
+        networks = ", ".join(str(n) for n in tunnel.allowed_ips.networks_of(peer)) or "-"
+        endpoint = format_endpoint(peer.endpoint) if peer.endpoint else "unknown"
+        lines.append(f"peer {name}: endpoint {endpoint}, allowed ips {networks}")
+        lines.append(f"  rx {peer.rx_bytes} B, tx {peer.tx_bytes} B, "
+                     f"{len(peer.staged)} packet(s) staged{_timers(peer, now)}")
+        for role in ("current", "previous", "next"):
+            session = getattr(peer, role)
+            if session is not None:
+                lines.append(f"  {role:8} session: {now - session.created:7.2f} s old, sent "
+                             f"{session.send_counter}, "
+                             f"{'initiator' if session.is_initiator else 'responder'}")
+        if peer.pending is not None:
+            lines.append(f"  handshake in progress (attempt {peer.handshake_attempts + 1})")
+    counters = tunnel.counters.as_dict()
+    drops = counters.pop("drops")
+    lines.append("counters: " + ", ".join(f"{k} {v}" for k, v in counters.items() if v))
+    lines.append("drops: " + (", ".join(f"{k} {v}" for k, v in sorted(drops.items())) or "none"))
+    return "\n".join(lines)
+
+
+def _timers(peer: Peer, now: float) -> str:
+    armed = [(name, at) for name, at in (
+        ("handshake retransmit", peer.retransmit_handshake_at),
+        ("keepalive", peer.send_keepalive_at), ("new handshake", peer.new_handshake_at),
+        ("persistent keepalive", peer.persistent_keepalive_at)) if at is not None]
+    return "".join(f"; {name} in {at - now:.2f} s" for name, at in armed)
+
+
+# --- live mode -------------------------------------------------------------------------------
+
+
+async def icmp_ping(source: str, destination: str, *, timeout: float = 2.0) -> float | None:
+    """One ICMP echo from `source` (our tunnel address) to `destination` over a raw socket, as
+    ping(8) does it; the round-trip time in seconds, or None. Needs CAP_NET_RAW."""
+    v6 = ":" in destination
+    ident, seq = os.getpid() & 0xFFFF, random.randrange(1 << 16)
+    payload = b"fz-trio repl ping"
+    message = icmp_echo_message(source, destination, ident, seq, payload)
+    family = socket.AF_INET6 if v6 else socket.AF_INET
+    proto = socket.IPPROTO_ICMPV6 if v6 else socket.IPPROTO_ICMP
+    reply_type = 129 if v6 else 0
+    with trio.socket.socket(family, socket.SOCK_RAW, proto) as sock:
+        await sock.bind((source, 0))
+        started = trio.current_time()
+        await sock.sendto(message, (destination, 0))
+        with trio.move_on_after(timeout):
+            while True:
+                data, address = await sock.recvfrom(65535)
+                # IPv4 raw sockets receive the IP header too; IPv6 ones do not.
+                icmp = data if v6 else data[(data[0] & 0xF) * 4:]
+                if (len(icmp) >= 8 and icmp[0] == reply_type and address[0] == destination
+                        and int.from_bytes(icmp[4:6], "big") == ident
+                        and int.from_bytes(icmp[6:8], "big") == seq):
+                    return trio.current_time() - started
+    return None
+
+
+def live_namespace(shell: Any) -> dict[str, Any]:
+    from fz_trio.shell.runner import TunnelShell
+
+    assert isinstance(shell, TunnelShell)
+    tunnel = shell.tunnel
+    sources = {iface.version: str(iface.ip) for iface in shell.config.interface.addresses}
+
+    async def ping(address: str, *, timeout: float = 2.0) -> PingResult:
+        """Send an ICMP echo through the tunnel from our address and await the reply."""
+        version = 6 if ":" in address else 4
+        if version not in sources:
+            raise ValueError(f"the interface has no IPv{version} address to ping from")
+        return PingResult(address, await icmp_ping(sources[version], address, timeout=timeout),
+                          timeout)
+
+    def show() -> None:
+        """Peers, sessions, timers and counters of the live tunnel."""
+        print(describe_tunnel(tunnel, trio.current_time()))
+
+    return {"trio": trio, "shell": shell, "tunnel": tunnel, "peers": list(tunnel.peers.values()),
+            "stats": shell.stats, "counters": tunnel.counters, "config": shell.config,
+            "ping": ping, "show": show}
+
+
+async def run_live_repl(config: Any) -> int:
+    """`fz-trio repl CONFIG`: bring the tunnel up, run the console, take it down at the end."""
+    from fz_trio.shell.runner import build_tunnel, close_tunnel
+
+    shell = await build_tunnel(config)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(shell.run)
+            nursery.start_soon(_cancel_on_sigterm, nursery.cancel_scope)
+            peers = len(shell.tunnel.peers)
+            banner = (
+                f"fz-trio {__version__} REPL: {config.interface_name} is up "
+                f"({peers} peer{'s' * (peers != 1)}, UDP port {shell.udp.port}).\n"
+                "Names: tunnel, peers, shell, stats, counters, config, show(), "
+                "await ping(address), trio.\n"
+                "Top-level await works. Ctrl-D or exit() takes the tunnel down.")
+            status = await run_console(live_namespace(shell), banner)
+            nursery.cancel_scope.cancel()
+    finally:
+        close_tunnel(shell)
+        log.info("interface %s removed", config.interface_name)
+    return status
+
+
+async def _cancel_on_sigterm(scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM) as signals:
+        async for _ in signals:
+            log.info("received SIGTERM, shutting down")
+            scope.cancel()
+            return
+
+
+# --- simulated mode --------------------------------------------------------------------------
+
+
+def sim_namespace(seed: int = 1) -> dict[str, Any]:
+    """alice, bob and carol, all peers of each other, answering pings; tracing on."""
+    net = SimNetwork(seed)
+    alice, bob, carol = (net.add_node(name) for name in ("alice", "bob", "carol"))
+    net.connect(alice, bob)
+    net.connect(alice, carol)
+    net.connect(bob, carol)
+    for node in net.nodes.values():
+        node.answer_pings = True
+    net.trace = True
+
+    async def ping(target: SimNode | str, source: SimNode = alice, *, family: int = 4,
+                   timeout: float = 10.0) -> PingResult:
+        """`source` pings `target` (a node or a tunnel address) through the tunnels; the
+        simulated clock runs until the reply or `timeout`."""
+        address = target if isinstance(target, str) else (
+            target.tunnel_v4 if family == 4 else target.tunnel_v6)
+        return PingResult(address, net.ping(source, target, family=family, timeout=timeout),
+                          timeout)
+
+    def show(node: SimNode = alice) -> None:
+        """Peers, sessions, timers and counters of `node`'s tunnel."""
+        names = {n.public_key: n.name for n in net.nodes.values()}
+        print(f"{node.name} at {format_endpoint(node.address)}, t={net.now:.3f}")
+        print(describe_tunnel(node.tunnel, net.now, names))
+
+    return {"trio": trio, "net": net, "alice": alice, "bob": bob, "carol": carol,
+            "tunnel": alice.tunnel, "peers": list(alice.tunnel.peers.values()),
+            "stats": alice.tunnel.counters, "ping": ping, "show": show}
+
+
+SIM_BANNER = """\
+fz-trio {version} REPL on a simulated network (seed {seed}); the clock is simulated.
+alice, bob, carol: nodes, all peers of each other (tunnel 100.64.N.1, fd00:64:0:N::1).
+net: the network. tunnel, peers, stats: alice's. Every datagram is traced (net.trace = False).
+  await ping(bob)              alice pings bob; ping(carol, bob, family=6)
+  net.run(130)                 let 130 simulated seconds pass (timers fire)
+  show(), show(bob)            sessions, timers and counters
+  net.partition(alice, bob), net.heal(), net.roam(bob), net.restart(bob, new_key=True)
+Top-level await works. Ctrl-D or exit() leaves."""
+
+
+def run_sim_repl(seed: int = 1) -> int:
+    """`fz-trio repl --sim`."""
+    banner = SIM_BANNER.format(version=__version__, seed=seed)
+    return trio.run(run_console, sim_namespace(seed), banner)
