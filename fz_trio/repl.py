@@ -48,10 +48,21 @@ class TrioConsole(code.InteractiveConsole):
 
     `interact()` must run in a worker thread (`trio.to_thread.run_sync`)."""
 
-    def __init__(self, namespace: dict[str, Any]) -> None:
+    def __init__(self, namespace: dict[str, Any], *, line_editing: bool = False) -> None:
         super().__init__(locals=namespace, filename="<repl>")
         self.compile.compiler.flags |= ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
         self.running: trio.CancelScope | None = None  # the statement being run, for Ctrl-C
+        self._lines = None if line_editing else _LineReader(sys.stdin.fileno())
+
+    def raw_input(self, prompt: str = "") -> str:
+        if self._lines is None:
+            return input(prompt)  # readline on a terminal
+        sys.stdout.write(prompt)
+        sys.stdout.flush()
+        line = self._lines.readline()
+        if not line:
+            raise EOFError
+        return line.rstrip("\n")
 
     def runcode(self, code_object: types.CodeType) -> None:
         error = trio.from_thread.run(self._run, code_object)
@@ -90,6 +101,29 @@ class TrioConsole(code.InteractiveConsole):
         self.write("".join(traceback.format_exception(type(error), error, tb)))
 
 
+class _LineReader:
+    """Lines from a file descriptor, read with os.read: without a buffered file object.
+
+    input() on a pipe reads through sys.stdin and holds its lock while blocked; when SIGTERM
+    ends the REPL, the console's thread is left blocked there and interpreter shutdown aborts
+    ("could not acquire lock for <stdin>"). A bare os.read holds nothing.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buffer = b""
+
+    def readline(self) -> str:
+        while b"\n" not in self.buffer:
+            chunk = os.read(self.fd, 4096)
+            if not chunk:
+                line, self.buffer = self.buffer, b""
+                return line.decode(errors="replace")
+            self.buffer += chunk
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return line.decode(errors="replace") + "\n"
+
+
 async def _interrupts(console: TrioConsole, signals: Any) -> None:
     async for _ in signals:
         if console.running is not None:
@@ -101,11 +135,13 @@ async def _interrupts(console: TrioConsole, signals: Any) -> None:
 
 async def run_console(namespace: dict[str, Any], banner: str) -> int:
     """Run the console until Ctrl-D or exit(); the exit status."""
-    try:
-        import readline  # noqa: F401  - line editing and history when there is a terminal
-    except ImportError:
-        pass
-    console = TrioConsole(namespace)
+    line_editing = sys.stdin.isatty()
+    if line_editing:
+        try:
+            import readline  # noqa: F401  - line editing and history
+        except ImportError:
+            line_editing = False
+    console = TrioConsole(namespace, line_editing=line_editing)
     status = 0
     with trio.open_signal_receiver(signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
@@ -234,6 +270,7 @@ async def run_live_repl(config: Any) -> int:
     from fz_trio.shell.runner import build_tunnel, close_tunnel
 
     shell = await build_tunnel(config)
+    status = 0  # also when SIGTERM cancels everything
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(shell.run)
