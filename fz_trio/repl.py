@@ -198,7 +198,8 @@ def describe_tunnel(tunnel: Tunnel, now: float, names: dict[bytes, str] | None =
         if peer.pending is not None:
             lines.append(f"  handshake in progress (attempt {peer.handshake_attempts + 1})")
     counters = tunnel.counters.as_dict()
-    drops = counters.pop("drops")
+    del counters["drops"]
+    drops = tunnel.counters.drops
     lines.append("counters: " + ", ".join(f"{k} {v}" for k, v in counters.items() if v))
     lines.append("drops: " + (", ".join(f"{k} {v}" for k, v in sorted(drops.items())) or "none"))
     return "\n".join(lines)

@@ -529,8 +529,8 @@ class SimNetwork:
                 for observer in self.observers:
                     observer.transmitted(node, datagram)
                 self._route(node, datagram)
-            for packet in packets:
-                packet = bytes(packet)
+            for written in packets:
+                packet = bytes(written)
                 node.received.append(packet)
                 for observer in self.observers:
                     observer.tun_packet(node, packet)
@@ -616,11 +616,11 @@ def describe_packet(packet: bytes) -> str:
         kind, src, dst, ident, seq = echo
         return f"ICMP echo {kind} {src} -> {dst} id {ident} seq {seq}"
     if packet and packet[0] >> 4 == 4 and len(packet) >= 20:
-        src, dst = ipaddress.IPv4Address(packet[12:16]), ipaddress.IPv4Address(packet[16:20])
-        return f"IPv4 {src} -> {dst} proto {packet[9]} ({len(packet)} B)"
+        v4 = ipaddress.IPv4Address(packet[12:16]), ipaddress.IPv4Address(packet[16:20])
+        return f"IPv4 {v4[0]} -> {v4[1]} proto {packet[9]} ({len(packet)} B)"
     if packet and packet[0] >> 4 == 6 and len(packet) >= 40:
-        src, dst = ipaddress.IPv6Address(packet[8:24]), ipaddress.IPv6Address(packet[24:40])
-        return f"IPv6 {src} -> {dst} next header {packet[6]} ({len(packet)} B)"
+        v6 = ipaddress.IPv6Address(packet[8:24]), ipaddress.IPv6Address(packet[24:40])
+        return f"IPv6 {v6[0]} -> {v6[1]} next header {packet[6]} ({len(packet)} B)"
     return f"not IP ({len(packet)} B)"
 
 
