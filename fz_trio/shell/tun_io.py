@@ -67,30 +67,38 @@ def _poller(fd: int, events: int, waker: Waker) -> select.poll:
     return poller
 
 
+def drain(fd: int, on_error: Callable[[int], None]) -> list[bytes] | None:
+    """Read what the non-blocking `fd` has, up to a batch; None once the fd is closed."""
+    batch: list[bytes] = []
+    size = 0
+    read = os.read
+    while len(batch) < READ_BATCH and size < READ_BATCH_BYTES:
+        try:
+            packet = read(fd, _READ_SIZE)
+        except BlockingIOError:
+            break
+        except OSError as e:
+            if e.errno == errno.EBADF:
+                return None
+            on_error(e.errno or 0)
+            break
+        batch.append(packet)
+        size += len(packet)
+    return batch
+
+
 def read_loop(fd: int, waker: Waker, deliver: Callable[[list[bytes]], None],
               on_error: Callable[[int], None]) -> None:
     """Thread body: read packets from `fd` in batches and `deliver` each batch (which blocks
     while the channel is full — that is the backpressure)."""
     poller = _poller(fd, select.POLLIN, waker)
-    read = os.read
     while not waker.stopped:
         poller.poll()
         if waker.stopped:
             return
-        batch: list[bytes] = []
-        size = 0
-        while len(batch) < READ_BATCH and size < READ_BATCH_BYTES:
-            try:
-                packet = read(fd, _READ_SIZE)
-            except BlockingIOError:
-                break
-            except OSError as e:
-                if e.errno == errno.EBADF:
-                    return
-                on_error(e.errno or 0)
-                break
-            batch.append(packet)
-            size += len(packet)
+        batch = drain(fd, on_error)
+        if batch is None:
+            return
         if batch:
             deliver(batch)
 
@@ -187,21 +195,11 @@ async def run_writer(fd: int, waker: Waker, receive: trio.MemoryReceiveChannel[l
 
 async def run_inline_reader(fd: int, send: trio.MemorySendChannel[list[bytes]],
                             on_error: Callable[[int], None]) -> None:
-    read = os.read
     while True:
         await trio.lowlevel.wait_readable(fd)
-        batch: list[bytes] = []
-        size = 0
-        while len(batch) < READ_BATCH and size < READ_BATCH_BYTES:
-            try:
-                packet = read(fd, _READ_SIZE)
-            except BlockingIOError:
-                break
-            except OSError as e:
-                on_error(e.errno or 0)
-                break
-            batch.append(packet)
-            size += len(packet)
+        batch = drain(fd, on_error)
+        if batch is None:
+            return
         if batch:
             await send.send(batch)  # waits while the channel is full: the backpressure
 
