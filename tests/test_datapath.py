@@ -10,8 +10,9 @@ import sys
 import time
 
 import pytest
+from tunnel_checks import exit_stats
 
-from fz_trio.scenario import Side, TunnelPair, iperf3
+from fz_trio.scenario import TunnelPair, iperf3
 from fz_trio.testnet import TestNet
 
 pytestmark = pytest.mark.netns
@@ -21,14 +22,6 @@ def nstat(net: TestNet, ns: str, *names: str) -> dict[str, int]:
     out = net.run(ns, "nstat", "-az", "--json", *names).stdout
     counters = json.loads(out)["kernel"]
     return {name: int(counters.get(name, 0)) for name in names}
-
-
-def exit_stats(side: Side) -> dict[str, dict[str, object]]:
-    """The JSON stats line fz-trio logs when it stops."""
-    for line in reversed(side.log_tail(20000).splitlines()):
-        if "stopped; stats: " in line:
-            return json.loads(line.split("stopped; stats: ", 1)[1])
-    raise AssertionError("no stats line in the log:\n" + side.log_tail())
 
 
 def vm_rss_mb(pid: int) -> float:
