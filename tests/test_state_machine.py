@@ -44,9 +44,10 @@ Liveness (the `check_liveness` rule, and `teardown` at the end of every example,
 operator reconciled every pair's configuration), what the protocol can promise
   The network is healthy from the moment every link is (no partition, loss or duplication,
   20-22 ms latency) and the last datagram sent before that has arrived. Take two nodes whose
-  configurations agree (each has the other's current key, equal preshared keys, AllowedIPs that
-  let the probe addresses through) and of which one knows the other's current address; one
-  sends a probe to the other every second (or both do, each to the other). Then from
+  configurations agree at that moment (each has the other's current key, equal preshared keys,
+  AllowedIPs that let the probe addresses through) and of which one knows the other's current
+  address (the sender, if only one sends); one sends a probe to the other every second (or both
+  do, each to the other). Then from
   LIVENESS_BOUND seconds after the network became healthy, no two consecutive probes of a
   sender are lost, and both nodes end with a current session.
   Why not "every probe arrives": when both ends rekey at once, each uses the session it
@@ -724,6 +725,7 @@ class TunnelMachine(RuleBasedStateMachine):
         if a == b:
             return
         directions = [(a, b), (b, a)] if both_ways else [(a, b)]
+        self.become_healthy()
         if reconcile:
             self.reconcile(directions)
         reason = self.disagreement(directions)
@@ -736,11 +738,20 @@ class TunnelMachine(RuleBasedStateMachine):
         """Whatever the steps left behind: reconciled and healthy, every pair must recover."""
         if getattr(self, "final_probes", None) and not self.failed:
             directions = [d for spec in self.final_probes for d in _directions(spec)]
+            self.become_healthy()
             self.reconcile(directions)
             reason = self.disagreement(directions)
             if reason is not None:
                 self.fail(f"reconciling did not make the configuration agree: {reason}")
             self.probe(directions)
+
+    def become_healthy(self) -> None:
+        """Heal every link and let every datagram sent before arrive. Only then is the
+        configuration judged: such a straggler can still be accepted and change state (an
+        initiation from a peer's old address moves its endpoint back there, rightly; an
+        answered one holds back our own next initiation for REKEY_TIMEOUT)."""
+        self.net.heal()
+        self.net.run_until(max([self.net.now] + [at for at, _ in self.net.in_flight()]))
 
     def reconcile(self, directions: list[tuple[str, str]]) -> None:
         """Make the configuration of every pair agree, as an operator would: current keys,
@@ -791,11 +802,8 @@ class TunnelMachine(RuleBasedStateMachine):
         return None
 
     def probe(self, directions: list[tuple[str, str]]) -> None:
-        self.net.heal()
-        # Healthy from here: nothing sent before the healing (a datagram delayed on purpose,
-        # say) arrives any more. Such a straggler can still be answered, and an answered
-        # initiation counts as a handshake just sent, which holds back our own for a while.
-        healed = max([self.net.now] + [at for at, _ in self.net.in_flight()])
+        """Probes once a second from each sender, from the (healthy) now; check they flow."""
+        healed = self.net.now
         probes: dict[tuple[str, str], list[SentPacket]] = {d: [] for d in directions}
         until = healed + LIVENESS_BOUND + PROBES_AFTER_BOUND * PROBE_INTERVAL
         while self.net.now < until:
