@@ -18,6 +18,7 @@ from fz_trio.core.cookie import CookieJar
 from fz_trio.core.crypto import TAG_LEN
 from fz_trio.core.gso import GsoBatcher
 from fz_trio.core.messages import TRANSPORT_HEADER_LEN, CookieReply, Response
+from fz_trio.core.offload import Segments
 from fz_trio.core.session import IndexTable, Session
 from fz_trio.core.stats import Counters
 from fz_trio.core.timers import TimerConfig
@@ -27,6 +28,7 @@ Transmit = tuple[bytes | bytearray, Endpoint]
 
 # Packets waiting for a session; wireguard-go keeps the same number.
 MAX_STAGED_PACKETS = 128
+_ZEROS = bytes(16)
 
 
 @attrs.define
@@ -109,6 +111,44 @@ class Peer:
         if self.persistent_keepalive:
             self.persistent_keepalive_at = now + self.persistent_keepalive
         if size and self.new_handshake_at is None:
+            self._on_data_sent(now)
+        if session.needs_rekey_on_send(now, timers):
+            self.initiate_handshake(now, wall, out, retry=False)
+
+    def send_segments(self, segments: Segments, now: float, wall: float, out: GsoBatcher) -> None:
+        """Encrypt and send every segment of a super-packet, each built in place in the send
+        buffer; like `send_packet` for each segment, with the checks and timer rules done once."""
+        session = self.current
+        timers = self.timers
+        endpoint = self.endpoint
+        count = segments.count
+        if (session is None or endpoint is None or not session.usable_for_sending(now, timers)
+                or session.send_counter + count > timers.reject_after_messages):
+            for packet in segments.packets():  # the slow path decides packet by packet
+                self.send_packet(packet, now, wall, out)
+            return
+        mtu = self.mtu
+        reserve = out.reserve
+        write = segments.write
+        seal = session.seal_in_buffer
+        sent = 0
+        for i in range(count):
+            size = segments.length(i)
+            padded = min((size + 15) & ~15, max(size, mtu))
+            length = TRANSPORT_HEADER_LEN + padded + TAG_LEN
+            buffer, offset = reserve(endpoint, length)
+            start = offset + TRANSPORT_HEADER_LEN
+            write(i, buffer, start)
+            if padded > size:
+                buffer[start + size:start + padded] = _ZEROS[:padded - size]
+            seal(buffer, offset, padded)
+            sent += length
+        self.tx_bytes += sent
+        # The timer rules of send_packet, once: every segment carries data.
+        self.send_keepalive_at = None
+        if self.persistent_keepalive:
+            self.persistent_keepalive_at = now + self.persistent_keepalive
+        if self.new_handshake_at is None:
             self._on_data_sent(now)
         if session.needs_rekey_on_send(now, timers):
             self.initiate_handshake(now, wall, out, retry=False)

@@ -57,15 +57,21 @@ class Session:
                   packet: bytes | bytearray | memoryview, padded_len: int) -> int:
         """Write a complete transport message carrying `packet` (zero-padded to `padded_len`)
         at `buffer[offset:]`; returns its length."""
-        counter = self.send_counter
-        self.send_counter = counter + 1
-        TRANSPORT_HEADER.pack_into(buffer, offset, TYPE_TRANSPORT, self.remote_index, counter)
         start = offset + TRANSPORT_HEADER_LEN
         plain_end = start + len(packet)
         buffer[start:plain_end] = packet
         if padded_len > len(packet):
             buffer[plain_end:start + padded_len] = _ZEROS[: padded_len - len(packet)]
-        crypto.seal_in_place(self.sending_key, counter, buffer, start, padded_len)
+        return self.seal_in_buffer(buffer, offset, padded_len)
+
+    def seal_in_buffer(self, buffer: bytearray, offset: int, padded_len: int) -> int:
+        """Like `seal_into` for a padded plaintext already in place after the header's room
+        (at `buffer[offset + 16:]`): write the header, encrypt; returns the message length."""
+        counter = self.send_counter
+        self.send_counter = counter + 1
+        TRANSPORT_HEADER.pack_into(buffer, offset, TYPE_TRANSPORT, self.remote_index, counter)
+        crypto.seal_in_place(self.sending_key, counter, buffer, offset + TRANSPORT_HEADER_LEN,
+                             padded_len)
         return TRANSPORT_HEADER_LEN + padded_len + _TAG
 
     def open(self, datagram: bytes | bytearray | memoryview, counter: int) -> bytearray | None:

@@ -25,6 +25,7 @@ from fz_trio.core.cookie import CookieChecker
 from fz_trio.core.crypto import CryptoError, public_key_of
 from fz_trio.core.gso import Batch, GsoBatcher
 from fz_trio.core.messages import MessageError
+from fz_trio.core.offload import Segments
 from fz_trio.core.peer import Endpoint, LocalIdentity, Peer, Transmit
 from fz_trio.core.session import IndexTable
 from fz_trio.core.stats import Counters
@@ -157,6 +158,14 @@ class Tunnel:
                 self.counters.drop("no_route" if len(packet) >= 20 else "tun_not_ip")
                 continue
             peer.send_packet(packet, now, wall, out)
+
+    def send_segments(self, segments: Segments, now: float) -> None:
+        """The segments of a TUN super-packet: routed once, each built and sealed in place."""
+        peer = self.route(segments.destination)
+        if peer is None:
+            self.counters.drop("no_route", segments.count)
+            return
+        peer.send_segments(segments, now, now + self.wall_offset, self._transmits)
 
     def route(self, address: bytes | None) -> Peer | None:
         """The peer whose AllowedIPs hold `address` (4 or 16 bytes), by longest prefix."""

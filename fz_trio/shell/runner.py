@@ -26,6 +26,7 @@ import trio
 from fz_trio.config import Config
 from fz_trio.core.gso import MAX_SEGMENTS
 from fz_trio.core.ip import flow_hash
+from fz_trio.core.offload import Segments
 from fz_trio.core.tunnel import Tunnel
 from fz_trio.shell.netconfig import InterfaceNetwork
 from fz_trio.shell.tun import IFF_VNET_HDR, TunDevice, enable_offloads, open_tun
@@ -180,19 +181,18 @@ class TunnelShell:
 
     def _send_offloaded(self, offload: TunOffload, reads: list[bytes], now: float) -> int:
         """Feed TUN reads with vnet headers to the core; returns how many packets they held."""
-        send_packet = self.tunnel.send_packet
-        send_packets = self.tunnel.send_packets
+        tunnel = self.tunnel
         count = 0
         for read in reads:
             packets = offload.packets_from_read(read)
-            if isinstance(packets, memoryview):
-                send_packet(packets, now)
-                count += 1
+            if isinstance(packets, Segments):
+                tunnel.send_segments(packets, now)
+                count += packets.count
             elif packets is None:
-                self.tunnel.counters.drop("tun_malformed_offload")
+                tunnel.counters.drop("tun_malformed_offload")
             else:
-                send_packets(packets, now)
-                count += len(packets)
+                tunnel.send_packet(packets, now)
+                count += 1
         return count
 
     async def _inbound(self, sock: socket.socket) -> None:

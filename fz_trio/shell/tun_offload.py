@@ -14,10 +14,12 @@ import attrs
 
 from fz_trio.core.offload import (
     F_NEEDS_CSUM,
+    GSO_ECN,
     GSO_NONE,
     PLAIN_HDR,
     VNET_HDR_LEN,
     OffloadError,
+    Segments,
     VnetHeader,
     coalesce,
     segment,
@@ -44,24 +46,27 @@ class TunOffload:
     def uso(self) -> bool:
         return "uso" in self.mode
 
-    def packets_from_read(self, read: bytes) -> list[bytearray] | memoryview | None:
-        """The packets one TUN read carries: a view of a plain one (no copy), or the segments of
-        a super-packet / a packet whose checksum is partial; None (counted) when malformed."""
+    def packets_from_read(self, read: bytes) -> memoryview | bytearray | Segments | None:
+        """What one TUN read carries: a view of a plain packet (no copy), a copy of a packet whose
+        checksum was partial, now complete, or the plan of a super-packet's segments; None
+        (counted) when malformed."""
         if len(read) <= VNET_HDR_LEN:
             self.malformed_reads += 1
             return None
         if read[1] == GSO_NONE and not read[0] & F_NEEDS_CSUM:
             return memoryview(read)[VNET_HDR_LEN:]
         try:
-            packets = segment(VnetHeader.parse(read), memoryview(read)[VNET_HDR_LEN:])
+            hdr = VnetHeader.parse(read)
+            if hdr.gso_type & ~GSO_ECN == GSO_NONE:
+                return segment(hdr, memoryview(read)[VNET_HDR_LEN:])[0]
+            segments = Segments.of(hdr, memoryview(read)[VNET_HDR_LEN:])
         except OffloadError as e:
             self.malformed_reads += 1
             log.debug("dropping a TUN read: %s", e)
             return None
-        if read[1] != GSO_NONE:
-            self.super_packets_read += 1
-            self.segments_from_super_packets += len(packets)
-        return packets
+        self.super_packets_read += 1
+        self.segments_from_super_packets += segments.count
+        return segments
 
     def items_for_writer(self, packets: list[bytearray]) -> list[WriteItem]:
         if not self.coalescing:
