@@ -55,7 +55,8 @@ def pump(client: Tunnel, server: Tunnel, now: float) -> list[bytes]:
 
 def connected(timers: TimerConfig | None = None) -> tuple[Tunnel, Tunnel]:
     client, server = pair(timers)
-    client.send_packet(ipv4_packet("100.64.0.2", "100.64.0.1", bytes(80)), 1.0)  # staged; starts the handshake
+    # Staged until the handshake it starts completes.
+    client.send_packet(ipv4_packet("100.64.0.2", "100.64.0.1", bytes(80)), 1.0)
     assert len(pump(client, server, 1.0)) == 1
     assert client.peers[server.public_key].current is not None
     return client, server
