@@ -74,19 +74,21 @@ class Session:
                              padded_len)
         return TRANSPORT_HEADER_LEN + padded_len + _TAG
 
-    def open(self, datagram: bytes | bytearray | memoryview, counter: int) -> bytearray | None:
-        """The padded plaintext of an authenticated datagram, or None (forged, replayed, too old).
+    def open(self, buffer: bytes | bytearray | memoryview, start: int, end: int,
+             counter: int) -> bytearray | None:
+        """The padded plaintext of the authenticated datagram at `buffer[start:end]`, or None
+        (forged, replayed, too old).
 
         The replay window is consulted before decryption and updated only after the tag verified,
         so a forged packet can never move the window.
         """
         if not self.replay.check(counter):
             return None
-        length = len(datagram) - TRANSPORT_HEADER_LEN
+        length = end - start - TRANSPORT_HEADER_LEN
         out = bytearray(length - _TAG)
         try:
-            crypto.open_into(self.receiving_key, counter, out, datagram, TRANSPORT_HEADER_LEN,
-                             length)
+            crypto.open_into(self.receiving_key, counter, out, buffer,
+                             start + TRANSPORT_HEADER_LEN, length)
         except crypto.CryptoError:
             return None
         if not self.replay.mark(counter):

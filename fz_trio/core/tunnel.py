@@ -27,7 +27,7 @@ from fz_trio.core.gso import Batch, GsoBatcher
 from fz_trio.core.messages import MessageError
 from fz_trio.core.offload import Segments
 from fz_trio.core.peer import Endpoint, LocalIdentity, Peer, Transmit
-from fz_trio.core.session import IndexTable
+from fz_trio.core.session import IndexTable, Session
 from fz_trio.core.stats import Counters
 from fz_trio.core.timers import TimerConfig
 
@@ -230,37 +230,76 @@ class Tunnel:
 
     # --- inbound ----------------------------------------------------------------------------
 
+    def receive_batch(self, buffer: bytes | bytearray | memoryview, nbytes: int, size: int,
+                      source: Endpoint, now: float) -> None:
+        """The datagrams of one UDP GRO read, all from `source`: back to back in
+        `buffer[:nbytes]`, each `size` bytes but the last. Like `receive_datagram` for each, with
+        the session found and the peer's timer bookkeeping done once per run of datagrams for
+        one session."""
+        if nbytes <= 0 or size <= 0:
+            self.counters.drop("malformed")  # an empty datagram
+            return
+        view = memoryview(buffer)
+        unpack = messages.TRANSPORT_HEADER.unpack_from
+        counters = self.counters
+        timers = self.timers
+        tun = self._tun_packets
+        endpoint = _normalise(source)
+        run_receiver = -1
+        peer: Peer | None = None
+        session: Session | None = None
+        run_bytes = run_plain = 0
+        for start in range(0, nbytes, size):
+            end = min(start + size, nbytes)
+            if end - start < _TRANSPORT_MIN_LEN or view[start:start + 4] != _TRANSPORT_TYPE:
+                if session is not None:
+                    self._run_received(peer, session, run_bytes, run_plain, endpoint, now)
+                    session, run_receiver = None, -1
+                self.receive_datagram(view[start:end], source, now)
+                continue
+            _, receiver, counter = unpack(buffer, start)
+            if receiver != run_receiver:
+                if session is not None:
+                    self._run_received(peer, session, run_bytes, run_plain, endpoint, now)
+                entry = self.indices.get(receiver)
+                if entry is None or entry[1] is None:
+                    counters.drop("unknown_index")
+                    session, run_receiver = None, -1
+                    continue
+                peer, session = entry
+                run_receiver = receiver
+                run_bytes = run_plain = 0
+            if not session.usable_for_receiving(counter, now, timers):
+                counters.drop("session_expired")
+                continue
+            plain = session.open(buffer, start, end, counter)
+            if plain is None:
+                counters.drop("replay_or_forged")
+                continue
+            # Any authenticated non-empty plaintext is data for the timers (whitepaper 6.5;
+            # wireguard-go and the kernel arm the passive keepalive before checking the inner
+            # packet), even when the packet itself is then dropped.
+            run_bytes += end - start
+            if plain:
+                run_plain += len(plain)
+                packet_len = self._inner_length(plain, peer)
+                if packet_len > 0:
+                    if packet_len != len(plain):
+                        del plain[packet_len:]  # the padding
+                    tun.append(plain)
+                    counters.packets_to_tun += 1
+        if session is not None:
+            self._run_received(peer, session, run_bytes, run_plain, endpoint, now)
+
+    def _run_received(self, peer: Peer | None, session: Session, datagram_bytes: int,
+                      plain_bytes: int, source: Endpoint | None, now: float) -> None:
+        if datagram_bytes and peer is not None and source is not None:
+            peer.session_received(session, datagram_bytes, plain_bytes, source, now,
+                                  now + self.wall_offset, self._transmits)
+
     def _receive_transport(self, data: bytes | bytearray | memoryview, source: Endpoint,
                            now: float) -> None:
-        _, receiver, counter = messages.TRANSPORT_HEADER.unpack_from(data)
-        entry = self.indices.get(receiver)
-        if entry is None or entry[1] is None:
-            self.counters.drop("unknown_index")
-            return
-        peer, session = entry
-        if not session.usable_for_receiving(counter, now, self.timers):
-            self.counters.drop("session_expired")
-            return
-        plain = session.open(data, counter)
-        if plain is None:
-            self.counters.drop("replay_or_forged")
-            return
-        packet_len = 0
-        if plain:
-            packet_len = self._inner_length(plain, peer)
-            if packet_len < 0:
-                # Authenticated but not acceptable: still proves the peer is alive.
-                packet_len = 0
-        # Any authenticated non-empty plaintext is data for the timers (whitepaper 6.5;
-        # wireguard-go and the kernel arm the passive keepalive before checking the inner
-        # packet), even when the packet itself is then dropped.
-        peer.session_received(session, len(data), len(plain), _normalise(source), now,
-                              now + self.wall_offset, self._transmits)
-        if packet_len:
-            if packet_len != len(plain):
-                del plain[packet_len:]  # the padding
-            self._tun_packets.append(plain)
-            self.counters.packets_to_tun += 1
+        self.receive_batch(data, len(data), len(data), source, now)
 
     def _inner_length(self, plain: bytearray, peer: Peer) -> int:
         """Length of the IP packet inside `plain` without padding, or -1 (counted) to drop it."""
@@ -333,6 +372,7 @@ class Tunnel:
 
 
 _TRANSPORT_TYPE = bytes([messages.TYPE_TRANSPORT, 0, 0, 0])
+_TRANSPORT_MIN_LEN = messages.TRANSPORT_MIN_LEN
 
 
 def _destination(packet: bytes | bytearray | memoryview) -> bytes | None:

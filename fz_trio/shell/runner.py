@@ -198,8 +198,7 @@ class TunnelShell:
     async def _inbound(self, sock: socket.socket) -> None:
         """UDP (GRO) -> core (decrypt) -> TUN writer threads."""
         buffer = bytearray(65535)
-        view = memoryview(buffer)
-        receive = self.tunnel.receive_datagram
+        receive = self.tunnel.receive_batch
         stats = self.stats
         while True:
             await trio.lowlevel.wait_readable(sock)
@@ -214,9 +213,8 @@ class TunnelShell:
                     self.tunnel.counters.drop(f"udp_error_{e.errno}")
                     continue
                 stats.udp_receive_calls += 1
-                for start in range(0, nbytes, segment):
-                    receive(view[start:min(start + segment, nbytes)], source, now)
-                    received += 1
+                receive(buffer, nbytes, segment, source, now)
+                received += -(-nbytes // segment) if segment else 1
             stats.udp_datagrams_received += received
             await self.flush_network()
             await self.deliver_to_tun()
