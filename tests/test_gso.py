@@ -82,3 +82,39 @@ def test_every_datagram_comes_out_once_in_order_per_destination(items: list) -> 
         assert len(datagrams[-1]) <= batch.segment_size
         got[batch.endpoint].extend(datagrams)
     assert got == sent
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([A, B]), st.integers(1, 1500), st.integers(0, 100)),
+                max_size=60))
+def test_runs_and_single_datagrams_keep_the_gso_rules(items: list) -> None:
+    """`reserve_run` mixed with `reserve`: every datagram once, in order, in valid batches."""
+    g = GsoBatcher()
+    sent: dict[tuple[str, int], list[bytes]] = {A: [], B: []}
+    n = 0
+    for endpoint, size, run in items:
+        if run == 0:
+            data = (n.to_bytes(4, "big") * (size // 4 + 1))[:size]
+            sent[endpoint].append(data)
+            put(g, endpoint, data)
+            n += 1
+            continue
+        left = run
+        while left:
+            buffer, offset, fit = g.reserve_run(endpoint, size, left)
+            assert 1 <= fit <= left
+            for k in range(fit):
+                data = (n.to_bytes(4, "big") * (size // 4 + 1))[:size]
+                buffer[offset + k * size:offset + (k + 1) * size] = data
+                sent[endpoint].append(data)
+                n += 1
+            left -= fit
+    got: dict[tuple[str, int], list[bytes]] = {A: [], B: []}
+    for batch in g.take():
+        assert batch.count <= MAX_SEGMENTS and batch.used <= MAX_BATCH_BYTES
+        datagrams = [bytes(d) for d in batch.datagrams()]
+        assert len(datagrams) == batch.count
+        assert all(len(d) == batch.segment_size for d in datagrams[:-1])
+        assert len(datagrams[-1]) <= batch.segment_size
+        got[batch.endpoint].extend(datagrams)
+    assert got == sent

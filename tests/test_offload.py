@@ -473,6 +473,24 @@ def test_segment_uso_gives_valid_datagrams(sp: SuperPacket, kind: str) -> None:
     check_common_headers(sp, segments)
 
 
+@FAST
+@given(sp=st.one_of(tso_packets(), uso_packets()), extra=st.integers(0, 40),
+       offset=st.integers(0, 64))
+def test_write_run_writes_what_write_does(sp: SuperPacket, extra: int, offset: int) -> None:
+    """The bulk writer of full-sized segments gives write()'s bytes, zero-padded."""
+    plan = offload.Segments.of(sp.hdr, sp.packet)
+    padded = plan.full_length + extra
+    stride = padded + 32
+    count = plan.full_count
+    got = bytearray(b"\xAA" * (offset + stride * count))
+    plan.write_run(0, count, got, offset, stride, padded)
+    for i in range(count):
+        expected = bytearray(plan.length(i))
+        plan.write(i, expected, 0)
+        start = offset + i * stride
+        assert got[start:start + padded] == expected + bytes(extra), f"segment {i}"
+
+
 # --- segment(): plain packets ------------------------------------------------------------------
 
 

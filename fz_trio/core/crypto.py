@@ -126,6 +126,19 @@ def seal_in_place(key: bytes, counter: int, buffer: bytearray, offset: int, leng
     return length + TAG_LEN
 
 
+def seal_many(key: bytes, counter: int, buffer: bytearray, offset: int, stride: int,
+              length: int, count: int) -> None:
+    """`seal_in_place` for `count` equal-sized plaintexts `stride` bytes apart, the first at
+    `offset`, under counters `counter`, `counter + 1`, ... (one loop, one buffer lookup)."""
+    base = ffi.from_buffer(buffer)
+    encrypt = lib.crypto_aead_chacha20poly1305_ietf_encrypt
+    null = ffi.NULL
+    for k in range(count):
+        ptr = base + (offset + k * stride)
+        encrypt(ptr, null, ptr, length, null, 0, null,
+                b"\x00\x00\x00\x00" + (counter + k).to_bytes(8, "little"), key)
+
+
 def open_into(key: bytes, counter: int, out: bytearray, message: bytes | bytearray | memoryview,
               offset: int, length: int) -> int:
     """Decrypt and authenticate `message[offset:offset+length]` into `out`; returns the

@@ -78,6 +78,31 @@ class GsoBatcher:
         self._datagrams += 1
         return batch.buffer, offset
 
+    def reserve_run(self, endpoint: Any, length: int, wanted: int) -> tuple[bytearray, int, int]:
+        """Space for up to `wanted` datagrams of exactly `length` bytes each, back to back in one
+        batch: (buffer, offset of the first, how many fit, at least 1)."""
+        batch = self._open.get(endpoint)
+        if batch is None or (
+            batch.closed
+            or length != batch.segment_size
+            or batch.count >= self.max_segments
+            or batch.used + length > MAX_BATCH_BYTES
+        ):
+            batch = Batch(endpoint, self._free.pop() if self._free else bytearray(BUFFER_BYTES),
+                          segment_size=length)
+            self._batches.append(batch)
+            self._open[endpoint] = batch
+        fit = min(wanted, self.max_segments - batch.count,
+                  (MAX_BATCH_BYTES - batch.used) // length)
+        fit = max(fit, 1)
+        offset = batch.used
+        if offset + fit * length > len(batch.buffer):  # only a datagram larger than any batch
+            batch.buffer.extend(bytes(offset + fit * length - len(batch.buffer)))
+        batch.used = offset + fit * length
+        batch.count += fit
+        self._datagrams += fit
+        return batch.buffer, offset, fit
+
     def append(self, item: tuple[bytes | bytearray | memoryview, Any]) -> None:
         """Add a finished datagram (handshake messages, mostly): `(datagram, endpoint)`."""
         datagram, endpoint = item

@@ -245,6 +245,16 @@ class Segments:
         template = self.template
         return bytes(template[16:20]) if self.version == 4 else bytes(template[24:40])
 
+    @property
+    def full_length(self) -> int:
+        """Length of a segment carrying a full `size` of payload."""
+        return len(self.template) + self.size
+
+    @property
+    def full_count(self) -> int:
+        """How many segments carry a full `size` of payload (all but maybe the last)."""
+        return len(self.payload) // self.size
+
     def length(self, i: int) -> int:
         """Length of segment i."""
         return len(self.template) + min(self.size, len(self.payload) - i * self.size)
@@ -288,6 +298,57 @@ class Segments:
             total = self.l4_sum + 2 * l4_length + ones_sum(chunk)
             _UDP_FIELDS.pack_into(buffer, l4 + 4, l4_length, 0xFFFF - total % 0xFFFF)
         return hl + n
+
+    def write_run(self, first: int, count: int, buffer: bytearray, offset: int, stride: int,
+                  padded_len: int) -> None:
+        """`write` full-sized segments first..first+count-1 `stride` bytes apart from `offset`,
+        each followed by zeros up to `padded_len` bytes; the same bytes as `write`, in one loop
+        (the hot path of a bulk TCP sender)."""
+        if self.proto != PROTO_TCP or self.version != 4:
+            for k in range(count):
+                start = offset + k * stride
+                n = self.write(first + k, buffer, start)
+                buffer[start + n:start + padded_len] = bytes(padded_len - n)
+            return
+        template = self.template
+        hl = len(template)
+        size = self.size
+        payload = self.payload
+        ip_sum, l4_sum, ident0, seq0 = self.ip_sum, self.l4_sum, self.ident0, self.seq0
+        last = self.count - 1
+        total = hl + size
+        iphl = self.iphl
+        l4_length = total - iphl
+        pad = bytes(padded_len - total)
+        folds = _FOLDS.get(size) or _fold_plan(size)
+        pack_ip, pack16, pack32 = _IPV4_FIELDS.pack_into, _U16.pack_into, _U32.pack_into
+        for i in range(first, first + count):
+            start = offset + (i - first) * stride
+            body = start + hl
+            chunk = payload[i * size:(i + 1) * size]
+            buffer[start:body] = template
+            buffer[body:body + size] = chunk
+            if pad:
+                buffer[body + size:start + padded_len] = pad
+            ident = (ident0 + i) & 0xFFFF
+            pack_ip(buffer, start + 2, total, ident)
+            pack16(buffer, start + 10, 0xFFFF - (ip_sum + total + ident) % 0xFFFF)
+            seq = (seq0 + i * size) & 0xFFFFFFFF
+            flags = self.flags0
+            if i != last:
+                flags &= ~(TCP_FIN | TCP_PSH)
+            if i:
+                flags &= ~TCP_CWR
+            l4 = start + iphl
+            pack32(buffer, l4 + 4, seq)
+            buffer[l4 + 13] = flags
+            value = int.from_bytes(chunk, "little")  # ones_sum(chunk), inlined
+            for shift, mask in folds:
+                value = (value >> shift) + (value & mask)
+            value %= 0xFFFF
+            check = (l4_sum + l4_length + (seq >> 16) + (seq & 0xFFFF) + flags
+                     + (((value & 0xFF) << 8) | (value >> 8)))
+            pack16(buffer, l4 + 16, 0xFFFF - check % 0xFFFF)
 
     def packets(self) -> list[bytearray]:
         """Every segment as its own bytearray (staging, fallbacks, tests)."""

@@ -128,20 +128,30 @@ class Peer:
                 self.send_packet(packet, now, wall, out)
             return
         mtu = self.mtu
-        reserve = out.reserve
-        write = segments.write
-        seal = session.seal_in_buffer
         sent = 0
-        for i in range(count):
-            size = segments.length(i)
+        # Full-sized segments in runs of equal GSO slots, each run written then sealed in one
+        # loop; a shorter last segment on its own.
+        full = segments.full_count
+        size = segments.full_length
+        padded = min((size + 15) & ~15, max(size, mtu))
+        slot = TRANSPORT_HEADER_LEN + padded + TAG_LEN
+        i = 0
+        while i < full:
+            buffer, offset, fit = out.reserve_run(endpoint, slot, full - i)
+            segments.write_run(i, fit, buffer, offset + TRANSPORT_HEADER_LEN, slot, padded)
+            session.seal_run(buffer, offset, slot, padded, fit)
+            i += fit
+            sent += fit * slot
+        if full < count:
+            size = segments.length(full)
             padded = min((size + 15) & ~15, max(size, mtu))
             length = TRANSPORT_HEADER_LEN + padded + TAG_LEN
-            buffer, offset = reserve(endpoint, length)
+            buffer, offset = out.reserve(endpoint, length)
             start = offset + TRANSPORT_HEADER_LEN
-            write(i, buffer, start)
+            segments.write(full, buffer, start)
             if padded > size:
                 buffer[start + size:start + padded] = _ZEROS[:padded - size]
-            seal(buffer, offset, padded)
+            session.seal_in_buffer(buffer, offset, padded)
             sent += length
         self.tx_bytes += sent
         # The timer rules of send_packet, once: every segment carries data.

@@ -74,6 +74,19 @@ class Session:
                              padded_len)
         return TRANSPORT_HEADER_LEN + padded_len + _TAG
 
+    def seal_run(self, buffer: bytearray, offset: int, stride: int, padded_len: int,
+                 count: int) -> None:
+        """`seal_in_buffer` for `count` messages `stride` bytes apart (a GSO batch's slots), each
+        with a padded plaintext of `padded_len` bytes already in place."""
+        counter = self.send_counter
+        self.send_counter = counter + count
+        pack = TRANSPORT_HEADER.pack_into
+        remote = self.remote_index
+        for k in range(count):
+            pack(buffer, offset + k * stride, TYPE_TRANSPORT, remote, counter + k)
+        crypto.seal_many(self.sending_key, counter, buffer, offset + TRANSPORT_HEADER_LEN, stride,
+                         padded_len, count)
+
     def open(self, buffer: bytes | bytearray | memoryview, start: int, end: int,
              counter: int) -> bytearray | None:
         """The padded plaintext of the authenticated datagram at `buffer[start:end]`, or None
