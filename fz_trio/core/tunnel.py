@@ -249,15 +249,18 @@ class Tunnel:
         peer: Peer | None = None
         session: Session | None = None
         run_bytes = run_plain = 0
+        allowed_v4: bytes | None = None
         for start in range(0, nbytes, size):
             end = min(start + size, nbytes)
-            if end - start < _TRANSPORT_MIN_LEN or view[start:start + 4] != _TRANSPORT_TYPE:
+            kind = receiver = counter = 0
+            if end - start >= _TRANSPORT_MIN_LEN:
+                kind, receiver, counter = unpack(buffer, start)
+            if kind != messages.TYPE_TRANSPORT:  # (with the reserved bytes zero)
                 if session is not None:
                     self._run_received(peer, session, run_bytes, run_plain, endpoint, now)
                     session, run_receiver = None, -1
                 self.receive_datagram(view[start:end], source, now)
                 continue
-            _, receiver, counter = unpack(buffer, start)
             if receiver != run_receiver:
                 if session is not None:
                     self._run_received(peer, session, run_bytes, run_plain, endpoint, now)
@@ -269,6 +272,7 @@ class Tunnel:
                 peer, session = entry
                 run_receiver = receiver
                 run_bytes = run_plain = 0
+                allowed_v4 = None  # an inner IPv4 source this peer's AllowedIPs hold
             if not session.usable_for_receiving(counter, now, timers):
                 counters.drop("session_expired")
                 continue
@@ -282,7 +286,17 @@ class Tunnel:
             run_bytes += end - start
             if plain:
                 run_plain += len(plain)
-                packet_len = self._inner_length(plain, peer)
+                if plain[0] >> 4 == 4 and plain[12:16] == allowed_v4 and len(plain) >= 20:
+                    # The source was routed to this peer earlier in the run: only the length
+                    # is left to check.
+                    packet_len = (plain[2] << 8) | plain[3]
+                    if not 20 <= packet_len <= len(plain):
+                        counters.drop("inner_not_ip")
+                        continue
+                else:
+                    packet_len = self._inner_length(plain, peer)
+                    if packet_len > 0 and plain[0] >> 4 == 4:
+                        allowed_v4 = bytes(plain[12:16])
                 if packet_len > 0:
                     if packet_len != len(plain):
                         del plain[packet_len:]  # the padding
