@@ -2,8 +2,9 @@
 
 Drive it with three inputs and drain two outputs:
 
-    tunnel.send_packet(ip_packet, now)             # from TUN
-    tunnel.receive_datagram(data, source, now)     # from UDP
+    tunnel.send_packet(ip_packet, now)             # from TUN (send_packets: many;
+                                                   #  send_segments: a TSO/USO super-packet)
+    tunnel.receive_datagram(data, source, now)     # from UDP (receive_batch: a GRO read)
     tunnel.handle_timeout(now)                     # when now >= tunnel.poll_timeout()
     tunnel.take_transmits()  -> [(datagram, (host, port)), ...]   # to UDP
     tunnel.take_tun_packets() -> [ip_packet, ...]                  # to TUN
