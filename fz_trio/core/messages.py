@@ -120,6 +120,8 @@ def parse_transport_header(data: bytes | bytearray | memoryview) -> tuple[int, i
     return receiver, counter
 
 
-def padded_length(plain_len: int) -> int:
-    """Plaintext is padded with zeros to a multiple of 16 to hide packet sizes."""
-    return (plain_len + 15) & ~15
+def padded_length(plain_len: int, mtu: int | None = None) -> int:
+    """Plaintext is padded with zeros to a multiple of 16 to hide packet sizes, but (given the
+    tunnel's `mtu`) not beyond the MTU unless the packet itself already is."""
+    padded = (plain_len + 15) & ~15
+    return padded if mtu is None else min(padded, max(plain_len, mtu))

@@ -17,7 +17,7 @@ from fz_trio.core import crypto, noise
 from fz_trio.core.cookie import CookieJar
 from fz_trio.core.crypto import TAG_LEN
 from fz_trio.core.gso import GsoBatcher
-from fz_trio.core.messages import TRANSPORT_HEADER_LEN, CookieReply, Response
+from fz_trio.core.messages import TRANSPORT_HEADER_LEN, CookieReply, Response, padded_length
 from fz_trio.core.offload import Segments
 from fz_trio.core.session import IndexTable, Session
 from fz_trio.core.stats import Counters
@@ -100,7 +100,7 @@ class Peer:
             self.initiate_handshake(now, wall, out, retry=False)
             return
         size = len(packet)
-        padded = min((size + 15) & ~15, max(size, self.mtu))
+        padded = padded_length(size, self.mtu)
         length = TRANSPORT_HEADER_LEN + padded + TAG_LEN
         buffer, offset = out.reserve(endpoint, length)
         session.seal_into(buffer, offset, packet, padded)
@@ -133,7 +133,7 @@ class Peer:
         # loop; a shorter last segment on its own.
         full = segments.full_count
         size = segments.full_length
-        padded = min((size + 15) & ~15, max(size, mtu))
+        padded = padded_length(size, mtu)
         slot = TRANSPORT_HEADER_LEN + padded + TAG_LEN
         i = 0
         while i < full:
@@ -144,7 +144,7 @@ class Peer:
             sent += fit * slot
         if full < count:
             size = segments.length(full)
-            padded = min((size + 15) & ~15, max(size, mtu))
+            padded = padded_length(size, mtu)
             length = TRANSPORT_HEADER_LEN + padded + TAG_LEN
             buffer, offset = out.reserve(endpoint, length)
             start = offset + TRANSPORT_HEADER_LEN
