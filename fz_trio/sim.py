@@ -40,6 +40,7 @@ import attrs
 
 from fz_trio.core import messages
 from fz_trio.core.crypto import encode_key
+from fz_trio.core.offload import checksum_from_sum, ones_sum
 from fz_trio.core.peer import Peer
 from fz_trio.core.timers import TimerConfig
 from fz_trio.core.tunnel import Tunnel
@@ -649,15 +650,6 @@ class Tracer(SimObserver):
 # --- building IP packets -------------------------------------------------------------------------
 
 
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
 def ip_packet(src: str, dst: str, payload: bytes, protocol: int) -> bytes:
     """An IPv4 or IPv6 packet (by the addresses' family) around `payload`."""
     source, destination = ipaddress.ip_address(src), ipaddress.ip_address(dst)
@@ -666,7 +658,7 @@ def ip_packet(src: str, dst: str, payload: bytes, protocol: int) -> bytes:
     if source.version == 4:
         header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 0, 0x4000, 64,
                              protocol, 0, source.packed, destination.packed)
-        header = header[:10] + struct.pack("!H", _checksum(header)) + header[12:]
+        header = header[:10] + struct.pack("!H", checksum_from_sum(ones_sum(header))) + header[12:]
         return header + payload
     return struct.pack("!IHBB16s16s", 6 << 28, len(payload), protocol, 64, source.packed,
                        destination.packed) + payload
@@ -681,9 +673,9 @@ def udp_packet(src: str, dst: str, payload: bytes, sport: int = 40000, dport: in
 def _icmp_checksum(src: str, dst: str, message: bytes) -> int:
     source, destination = ipaddress.ip_address(src), ipaddress.ip_address(dst)
     if source.version == 4:
-        return _checksum(message)
+        return checksum_from_sum(ones_sum(message))
     pseudo = source.packed + destination.packed + struct.pack("!I3xB", len(message), 58)
-    return _checksum(pseudo + message)
+    return checksum_from_sum(ones_sum(pseudo + message))
 
 
 def icmp_echo_message(src: str, dst: str, ident: int, seq: int, payload: bytes = b"",
