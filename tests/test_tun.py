@@ -170,28 +170,16 @@ def test_without_cap_net_admin_is_permission_denied(testnet: TestNet) -> None:
 # fds carry bare IP packets (IFF_NO_PI) both ways, on whichever queue the kernel picks.
 ECHO = textwrap.dedent(
     """
-    import json, os, select, struct, subprocess, time
+    import json, os, select, subprocess, time
     from fz_trio.shell.tun import open_tun
-
-    def csum(b):
-        if len(b) % 2:
-            b += b"\\0"
-        s = sum(struct.unpack(f"!{len(b)//2}H", b))
-        while s >> 16:
-            s = (s & 0xFFFF) + (s >> 16)
-        return ~s & 0xFFFF
+    from fz_trio.sim import icmp_echo
 
     dev = open_tun("fzt0", 2)
     subprocess.run(["ip", "addr", "add", "100.64.0.1/24", "dev", dev.name], check=True)
     subprocess.run(["ip", "link", "set", dev.name, "up"], check=True)
 
-    payload = b"fz-trio tun test" * 4
-    icmp = struct.pack("!BBHHH", 8, 0, 0, 0x1234, 7) + payload
-    icmp = icmp[:2] + struct.pack("!H", csum(icmp)) + icmp[4:]
-    src, dst = bytes([100, 64, 0, 2]), bytes([100, 64, 0, 1])
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(icmp), 1, 0, 64, 1, 0, src, dst)
-    ip = ip[:10] + struct.pack("!H", csum(ip)) + ip[12:]
-    n = os.write(dev.fds[0], ip + icmp)
+    request = icmp_echo("100.64.0.2", "100.64.0.1", 0x1234, 7, b"fz-trio tun test" * 4)
+    n = os.write(dev.fds[0], request)
 
     reply = None
     deadline = time.monotonic() + 5
