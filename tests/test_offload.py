@@ -235,6 +235,13 @@ def build(flow: Flow, payload: bytes, *, seq: int = 0, flags: int = ACK, ident: 
     return bytearray(ip_header(flow, len(l4), ident)) + l4
 
 
+def with_flags(flow: Flow, packet: bytes | bytearray, flags: int) -> bytearray:
+    """`packet` of `flow` rebuilt with other TCP flags (same payload, sequence number, IPv4 id)."""
+    p = parse(packet)
+    seq, *_ = tcp_fields(packet)
+    return build(flow, p.payload, seq=seq, flags=flags, ident=p.ident)
+
+
 def payload_bytes(seed: int, size: int) -> bytes:
     return random.Random(seed).randbytes(size)
 
@@ -845,9 +852,7 @@ def test_coalesce_never_merges_across_flag_boundaries(r: tuple[Flow, list[bytear
     place: nothing before it and nothing after it joins it."""
     flow, packets, _ = r
     k = data.draw(st.integers(1, len(packets) - 2))
-    seq, *_ = tcp_fields(packets[k])
-    odd = build(flow, parse(packets[k]).payload, seq=seq, flags=ACK | flag,
-                ident=parse(packets[k]).ident)
+    odd = with_flags(flow, packets[k], ACK | flag)
     packets = packets[:k] + [odd] + packets[k + 1:]
     items = coalesce_checked(packets)
     assert [p for g in resegment(items) for p in g] == canon_all(packets)
@@ -863,10 +868,7 @@ def test_psh_ends_a_super_packet(r: tuple[Flow, list[bytearray], int],
                                  data: st.DataObject) -> None:
     flow, packets, _ = r
     k = data.draw(st.integers(0, len(packets) - 2))
-    seq, *_ = tcp_fields(packets[k])
-    pushed = build(flow, parse(packets[k]).payload, seq=seq, flags=ACK | PSH,
-                   ident=parse(packets[k]).ident)
-    packets = packets[:k] + [pushed] + packets[k + 1:]
+    packets = packets[:k] + [with_flags(flow, packets[k], ACK | PSH)] + packets[k + 1:]
     items = coalesce_checked(packets)
     assert [p for g in resegment(items) for p in g] == canon_all(packets)
     assert k + 1 in boundaries(items)
