@@ -12,10 +12,8 @@ Also here: deterministic randomness and IP packet builders shared by the core te
 from __future__ import annotations
 
 import heapq
-import ipaddress
 import itertools
 import random
-import struct
 from collections.abc import Callable
 
 import attrs
@@ -145,20 +143,3 @@ def private_key(seed: int | str) -> bytes:
     key[0] &= 248
     key[31] = (key[31] & 127) | 64
     return bytes(key)
-
-
-def ipv4_packet(src: str, dst: str, payload: bytes = b"", proto: int = 17) -> bytes:
-    """An IPv4 packet with a correct total length (checksums are not the core's business)."""
-    header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 0, 0, 64, proto, 0,
-                         ipaddress.IPv4Address(src).packed, ipaddress.IPv4Address(dst).packed)
-    return header + payload
-
-
-def ipv6_packet(src: str, dst: str, payload: bytes = b"", next_header: int = 17) -> bytes:
-    header = struct.pack("!IHBB16s16s", 6 << 28, len(payload), next_header, 64,
-                         ipaddress.IPv6Address(src).packed, ipaddress.IPv6Address(dst).packed)
-    return header + payload
-
-
-def udp(sport: int, dport: int, body: bytes) -> bytes:
-    return struct.pack("!HHHH", sport, dport, 8 + len(body), 0) + body

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from memnet import MemNet, det_random, ipv4_packet, private_key
+from memnet import MemNet, det_random, private_key
 from test_offload import SuperPacket, tso_packets, uso_packets
 
 from fz_trio.core.offload import Segments, segment
 from fz_trio.core.timers import TimerConfig
 from fz_trio.core.tunnel import Tunnel
+from fz_trio.sim import ip_packet
 
 CLIENT = ("198.18.0.2", 40000)
 SERVER = ("198.18.0.1", 51820)
@@ -48,7 +49,7 @@ def pump(client: Tunnel, server: Tunnel, now: float) -> list[bytes]:
 def connected(timers: TimerConfig | None = None) -> tuple[Tunnel, Tunnel]:
     client, server = pair(timers)
     # Staged until the handshake it starts completes.
-    client.send_packet(ipv4_packet("100.64.0.2", "100.64.0.1", bytes(80)), 1.0)
+    client.send_packet(ip_packet("100.64.0.2", "100.64.0.1", bytes(80), 17), 1.0)
     assert len(pump(client, server, 1.0)) == 1
     assert client.peers[server.public_key].current is not None
     return client, server

@@ -14,10 +14,11 @@ from collections import Counter, defaultdict
 
 import attrs
 import pytest
-from memnet import Datagram, MemNet, det_random, ipv4_packet, private_key, udp
+from memnet import Datagram, MemNet, det_random, private_key
 
 from fz_trio.core.timers import REJECT_AFTER_TIME, REKEY_AFTER_TIME, TimerConfig
 from fz_trio.core.tunnel import Tunnel
+from fz_trio.sim import udp_packet
 
 A_ADDR = ("192.0.2.1", 51820)
 B_ADDR = ("198.51.100.2", 51820)
@@ -27,7 +28,7 @@ WALL = 1_700_000_000.0
 def numbered(src: str, dst: str, seq: int) -> bytes:
     # Vary the size too, so that padding is exercised on every rotation.
     body = struct.pack("!Q", seq) + bytes([seq & 0xFF]) * (seq % 37)
-    return ipv4_packet(src, dst, udp(5000, 6000, body))
+    return udp_packet(src, dst, body, 5000, 6000)
 
 
 @attrs.define

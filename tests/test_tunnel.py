@@ -13,7 +13,7 @@ import attrs
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from memnet import Datagram, MemNet, det_random, ipv4_packet, ipv6_packet, private_key, udp
+from memnet import Datagram, MemNet, det_random, private_key
 
 from fz_trio.core import noise
 from fz_trio.core.messages import padded_length
@@ -25,6 +25,7 @@ from fz_trio.core.timers import (
     TimerConfig,
 )
 from fz_trio.core.tunnel import Tunnel, TunnelError
+from fz_trio.sim import ip_packet, udp_packet
 
 A_ADDR = ("192.0.2.1", 51820)
 B_ADDR = ("198.51.100.2", 51820)
@@ -35,11 +36,10 @@ JITTER = REKEY_TIMEOUT_JITTER_MAX
 
 
 def v4(src: str, dst: str, body: bytes = b"hello") -> bytes:
-    return ipv4_packet(src, dst, udp(1000, 2000, body))
+    return udp_packet(src, dst, body, 1000, 2000)
 
 
-def v6(src: str, dst: str, body: bytes = b"hello") -> bytes:
-    return ipv6_packet(src, dst, udp(1000, 2000, body))
+v6 = v4  # the IP version follows the addresses
 
 
 def make_tunnel(name: str, **kwargs: object) -> Tunnel:
@@ -154,7 +154,7 @@ def test_no_handshake_without_endpoint() -> None:
 @pytest.mark.parametrize("size", [20, 21, 28, 31, 32, 33, 100, 1399, 1400, 1419, 1420, 1421, 1500])
 def test_padding_on_the_wire_and_stripped_on_arrival(size: int) -> None:
     p = make_pair(connect=True)
-    packet = ipv4_packet("10.0.0.1", "10.0.0.2", bytes(range(256)) * 6)[:size]
+    packet = ip_packet("10.0.0.1", "10.0.0.2", bytes(range(256)) * 6, 17)[:size]
     packet = packet[:2] + struct.pack("!H", size) + packet[4:]  # total length = size
     p.net.send(p.a, packet)
     datagram = p.net.wire[-1].data
