@@ -34,7 +34,6 @@ import shlex
 import shutil
 import signal
 import statistics
-import struct
 import subprocess
 import sys
 import time
@@ -47,6 +46,7 @@ import attrs
 from fz_trio.core.crypto import generate_private_key
 from fz_trio.core.tunnel import Tunnel
 from fz_trio.scenario import Implementation, TunnelPair
+from fz_trio.sim import udp_packet
 from fz_trio.testnet import TestNet, netns_unavailable_reason, wait_for
 
 __all__ = [
@@ -97,13 +97,10 @@ class CoreResult:
 
 
 def ipv4_packet(size: int, src: str = TestNet.tunnel_b4, dst: str = TestNet.tunnel_a4) -> bytes:
-    """An IPv4/UDP packet of exactly `size` bytes (the core does not check checksums)."""
+    """An IPv4/UDP packet of exactly `size` bytes."""
     if size < 28:
         raise ValueError("an IPv4/UDP packet has at least 28 bytes")
-    header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, size, 0, 0x4000, 64, 17, 0,
-                         bytes(map(int, src.split("."))), bytes(map(int, dst.split("."))))
-    udp = struct.pack("!HHHH", 40000, 5201, size - 20, 0)
-    return header + udp + bytes(size - 28)
+    return udp_packet(src, dst, bytes(size - 28), dport=5201)
 
 
 def _core_pair(packet: bytes) -> tuple[Tunnel, Tunnel, tuple[str, int], float]:
