@@ -45,3 +45,100 @@ def bench(session: nox.Session) -> None:
     """
     session.install("-e", ".")
     session.run("python", "-m", "fz_trio.bench", *session.posargs)
+
+
+# --- sanitizers and fuzzing of the native kernels -----------------------------------------------
+# Both build `fz_trio.datapath._kernels` with sanitizers into a temporary directory, next to a
+# copy of the `fz_trio` sources, and put that first on PYTHONPATH: the source tree, its normal
+# extension and `build/` are never touched, so nothing needs rebuilding or cleaning afterwards.
+
+_SANITIZE = "-fsanitize=address,undefined -fno-sanitize-recover=undefined"
+_SAN_ENV = {
+    "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=1:allocator_may_return_null=1",
+    "UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1",
+    "PYTHONSAFEPATH": "1",  # no cwd first on sys.path: fz_trio comes from PYTHONPATH
+}
+
+
+def _sanitized_tree(session: nox.Session, cc: str, extra: str = "") -> str:
+    """Build the extension with sanitizers (and `extra` flags) into a temp dir holding a copy of
+    fz_trio; returns the directory to put on PYTHONPATH."""
+    import shutil
+    import tempfile
+
+    root = tempfile.mkdtemp(prefix=f"fz-trio-{session.name}-")
+    lib = f"{root}/lib"
+    flags = f"{_SANITIZE} {extra} -fno-omit-frame-pointer -O1 -g".strip()
+    session.run("python", "setup.py", "build_ext", "--build-lib", lib, "--build-temp",
+                f"{root}/obj", env={"CC": cc, "LDSHARED": f"{cc} -shared", "CFLAGS": flags,
+                                    "LDFLAGS": f"{_SANITIZE} {extra}".strip()})
+    shutil.copytree("fz_trio", f"{lib}/fz_trio", dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    if not list(__import__("pathlib").Path(lib).glob("fz_trio/datapath/_kernels*.so")):
+        session.error("the sanitized extension did not build (see the compiler output above)")
+    return root
+
+
+def _runtime(session: nox.Session, cc: str, name: str) -> str:
+    path = session.run(cc, f"-print-file-name={name}", silent=True, external=True).strip()
+    if "/" not in path:
+        session.error(f"{cc} has no {name}")
+    return path
+
+
+@nox.session
+def sanitize(session: nox.Session) -> None:
+    """tests/datapath against the native kernels built with ASan + UBSan (gcc, or CC)."""
+    import os
+
+    session.install("-e", ".[test]")
+    cc = os.environ.get("CC", "gcc")
+    root = _sanitized_tree(session, cc)
+    asan = _runtime(session, cc, "libasan.so" if "clang" not in cc
+                    else "libclang_rt.asan-x86_64.so")
+    env = {"PYTHONPATH": f"{root}/lib", "LD_PRELOAD": asan, **_SAN_ENV}
+    try:
+        session.run("python", "-c", "import sys, fz_trio.datapath._kernels as k; "
+                    f"sys.exit(0 if k.__file__.startswith({root!r}) else 'not the sanitized "
+                    "build: ' + k.__file__)", env=env)
+        session.run("pytest", "-p", "no:cacheprovider", "tests/datapath", *session.posargs,
+                    env=env)
+    finally:
+        __import__("shutil").rmtree(root, ignore_errors=True)
+
+
+@nox.session
+def fuzz(session: nox.Session) -> None:
+    """fuzz/fuzz_kernels.py (atheris, libFuzzer coverage of the C code, ASan + UBSan) for
+    `--seconds` (600): `nox -s fuzz -- --seconds 120 [more libFuzzer flags, a corpus dir]`.
+    Needs clang (`apt-get install clang`); crashes are written to ./crash-*."""
+    import os
+    import shutil
+
+    args = list(session.posargs)
+    seconds = "600"
+    if "--seconds" in args:
+        i = args.index("--seconds")
+        seconds = args[i + 1]
+        del args[i:i + 2]
+    session.install("-e", ".", "atheris")
+    root = _sanitized_tree(session, "clang", "-fsanitize=fuzzer-no-link")
+    try:
+        # ASan (it carries UBSan's handlers) and libFuzzer in one preload, built as atheris'
+        # installer does when it finds clang: ASan's weak coverage hooks must not win.
+        rt = os.path.dirname(_runtime(session, "clang", "libclang_rt.asan-x86_64.a"))
+        shutil.copy(f"{rt}/libclang_rt.asan-x86_64.a", f"{root}/asan.a")
+        session.run("ar", "d", f"{root}/asan.a", "asan_preinit.cpp.o", external=True)
+        preload = f"{root}/asan_with_fuzzer.so"
+        session.run("clang", "-shared", "-o", preload, "-Wl,--whole-archive", f"{root}/asan.a",
+                    f"{rt}/libclang_rt.fuzzer_no_main-x86_64.a",
+                    f"{rt}/libclang_rt.ubsan_standalone_cxx-x86_64.a", "-Wl,--no-whole-archive",
+                    "-lpthread", "-ldl", "-lrt", "-lm", "-lstdc++", external=True)
+        env = {"PYTHONPATH": f"{root}/lib", "LD_PRELOAD": preload, **_SAN_ENV}
+        session.run("python", "-c", "import sys, fz_trio.datapath._kernels as k; "
+                    f"sys.exit(0 if k.__file__.startswith({root!r}) else 'not the sanitized "
+                    "build: ' + k.__file__)", env=env)
+        session.run("python", "fuzz/fuzz_kernels.py", f"-max_total_time={seconds}",
+                    "-max_len=8192", *args, env=env)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

@@ -44,7 +44,7 @@ from typing import Any
 import attrs
 
 from fz_trio.core.crypto import generate_private_key
-from fz_trio.core.tunnel import Tunnel
+from fz_trio.datapath import Device
 from fz_trio.scenario import Implementation, TunnelPair
 from fz_trio.sim import udp_packet
 from fz_trio.testnet import TestNet, netns_unavailable_reason, wait_for
@@ -103,11 +103,11 @@ def ipv4_packet(size: int, src: str = TestNet.tunnel_b4, dst: str = TestNet.tunn
     return udp_packet(src, dst, bytes(size - 28), dport=5201)
 
 
-def _core_pair(packet: bytes) -> tuple[Tunnel, Tunnel, tuple[str, int], float]:
+def _core_pair(packet: bytes) -> tuple[Device, Device, tuple[str, int], float]:
     """A client and a server Tunnel in memory with a completed handshake (and confirmed session)."""
     wall_offset = time.time()
-    client = Tunnel(generate_private_key(), wall_offset=wall_offset)
-    server = Tunnel(generate_private_key(), wall_offset=wall_offset)
+    client = Device(generate_private_key(), wall_offset=wall_offset)
+    server = Device(generate_private_key(), wall_offset=wall_offset)
     client_addr = (TestNet.underlay_b, 40000)
     server_addr = (TestNet.underlay_a, 51820)
     client.add_peer(server.public_key, allowed_ips=[f"{TestNet.tunnel_a4}/32"],

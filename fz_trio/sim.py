@@ -1,7 +1,7 @@
 """A simulated network for sans-IO Tunnels: in memory, deterministic, on a simulated clock.
 
-Any number of nodes, each one `Tunnel` at an underlay address, exchange datagrams over directed
-links with their own latency, jitter (which reorders), loss, duplication and partitions. Nodes can
+Any number of nodes, each one `Device` (core + data path) at an underlay address, exchange
+datagrams over directed links with their own latency, jitter (which reorders), loss, duplication and partitions. Nodes can
 roam to a new address (as behind a NAT that rebinds), restart (same key or a new one) and be
 reconfigured. Time is simulated: `run_for(seconds)` jumps from event to event, an event being the
 earliest of the datagrams in flight and every tunnel's `poll_timeout()`, so minutes of protocol
@@ -40,10 +40,10 @@ import attrs
 
 from fz_trio.core import messages
 from fz_trio.core.crypto import encode_key
-from fz_trio.core.offload import checksum_from_sum, ones_sum
 from fz_trio.core.peer import Peer
 from fz_trio.core.timers import TimerConfig
-from fz_trio.core.tunnel import Tunnel
+from fz_trio.datapath import Device
+from fz_trio.datapath.checksum import checksum_from_sum, ones_sum
 
 Endpoint = tuple[str, int]
 
@@ -138,14 +138,14 @@ class SimObserver:
 
 @attrs.define(eq=False)
 class SimNode:
-    """A host on the simulated network: one Tunnel, its configuration and its TUN."""
+    """A host on the simulated network: one Device, its configuration and its TUN."""
 
     net: SimNetwork = attrs.field(repr=False)
     name: str
     index: int
     private_key: bytes = attrs.field(repr=False)
     address: Endpoint
-    tunnel: Tunnel = attrs.field(repr=False)
+    tunnel: Device = attrs.field(repr=False)
     peers: dict[bytes, PeerSettings] = attrs.field(factory=dict, repr=False)
     mtu: int = 1420
     generation: int = 0  # restarts so far
@@ -352,9 +352,9 @@ class SimNetwork:
         key[31] = (key[31] & 127) | 64
         return bytes(key)
 
-    def _new_tunnel(self, name: str, key: bytes, generation: int, mtu: int) -> Tunnel:
+    def _new_tunnel(self, name: str, key: bytes, generation: int, mtu: int) -> Device:
         rng = random.Random(f"{self.seed}/{name}/tunnel/{generation}")
-        return Tunnel(key, mtu=mtu, timers=self.timers, random_bytes=rng.randbytes,
+        return Device(key, mtu=mtu, timers=self.timers, random_bytes=rng.randbytes,
                       wall_offset=WALL_EPOCH)
 
     def _check_free(self, address: Endpoint) -> None:

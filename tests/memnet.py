@@ -1,4 +1,4 @@
-"""A tiny in-memory pump between sans-IO `Tunnel`s, for tests.
+"""A tiny in-memory pump between sans-IO `Device`s, for tests.
 
 Every tunnel sits at an address; whatever a tunnel transmits is delivered to the tunnel at the
 addressed endpoint after `latency` seconds of simulated time, and `run_until` fires each tunnel's
@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import attrs
 
-from fz_trio.core.tunnel import Tunnel
+from fz_trio.datapath import Device
 
 Endpoint = tuple[str, int]
 
@@ -42,8 +42,8 @@ class MemNet:
         self.latency = latency
         self.hook: Hook | None = None
         self.on_deliver: Callable[[Datagram], None] | None = None  # sees each arrival first
-        self.nodes: dict[Endpoint, Tunnel] = {}
-        self.tun: dict[Tunnel, list[bytes]] = {}
+        self.nodes: dict[Endpoint, Device] = {}
+        self.tun: dict[Device, list[bytes]] = {}
         self.wire: list[Datagram] = []  # every datagram transmitted, before the hook
         self.undeliverable: list[Datagram] = []
         self._queue: list[tuple[float, int, Endpoint, Endpoint, bytes]] = []
@@ -51,27 +51,27 @@ class MemNet:
 
     # --- topology ---------------------------------------------------------------------------
 
-    def add(self, address: Endpoint, tunnel: Tunnel) -> Tunnel:
+    def add(self, address: Endpoint, tunnel: Device) -> Device:
         self.nodes[address] = tunnel
         self.tun.setdefault(tunnel, [])
         return tunnel
 
-    def address_of(self, tunnel: Tunnel) -> Endpoint:
+    def address_of(self, tunnel: Device) -> Endpoint:
         return next(a for a, t in self.nodes.items() if t is tunnel)
 
-    def move(self, tunnel: Tunnel, new_address: Endpoint) -> None:
+    def move(self, tunnel: Device, new_address: Endpoint) -> None:
         """The tunnel now sends from (and is reachable only at) `new_address`, like a NAT rebind."""
         del self.nodes[self.address_of(tunnel)]
         self.nodes[new_address] = tunnel
 
     # --- inputs -----------------------------------------------------------------------------
 
-    def send(self, tunnel: Tunnel, packet: bytes) -> None:
+    def send(self, tunnel: Device, packet: bytes) -> None:
         """`tunnel` reads `packet` from its TUN now."""
         tunnel.send_packet(packet, self.now)
         self.flush()
 
-    def inject(self, tunnel: Tunnel, data: bytes, source: Endpoint) -> None:
+    def inject(self, tunnel: Device, data: bytes, source: Endpoint) -> None:
         """Hand `tunnel` a datagram from anywhere (an attacker, a replay) right now."""
         tunnel.receive_datagram(data, source, self.now)
         self.flush()

@@ -1,6 +1,6 @@
 """The core's batch paths give exactly what its per-packet paths give.
 
-- `Tunnel.send_segments` (a TUN super-packet, each segment built and sealed in place) puts the
+- `Device.send_segments` (a TUN super-packet, each segment built and sealed in place) puts the
   same packets on the wire as `segment()` followed by `send_packet` for each: the receiving core
   delivers the segments byte for byte, and the datagrams have the same lengths.
 - Without a usable session, or when the batch would cross REJECT_AFTER_MESSAGES, it falls back
@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 from memnet import MemNet, det_random, private_key
 from test_offload import SuperPacket, tso_packets, uso_packets
 
-from fz_trio.core.offload import Segments, segment
 from fz_trio.core.timers import TimerConfig
-from fz_trio.core.tunnel import Tunnel
+from fz_trio.datapath import Device
+from fz_trio.datapath.offload import Segments, segment
 from fz_trio.sim import ip_packet
 
 CLIENT = ("198.18.0.2", 40000)
@@ -27,16 +27,16 @@ SETTINGS = settings(max_examples=60, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
-def pair(timers: TimerConfig | None = None) -> tuple[Tunnel, Tunnel]:
+def pair(timers: TimerConfig | None = None) -> tuple[Device, Device]:
     """Two tunnels that route everything to each other (the flows' addresses are random)."""
-    client = Tunnel(private_key("client"), random_bytes=det_random("c"), timers=timers)
-    server = Tunnel(private_key("server"), random_bytes=det_random("s"), timers=timers)
+    client = Device(private_key("client"), random_bytes=det_random("c"), timers=timers)
+    server = Device(private_key("server"), random_bytes=det_random("s"), timers=timers)
     client.add_peer(server.public_key, allowed_ips=EVERYTHING, endpoint=SERVER)
     server.add_peer(client.public_key, allowed_ips=EVERYTHING)
     return client, server
 
 
-def pump(client: Tunnel, server: Tunnel, now: float) -> list[bytes]:
+def pump(client: Device, server: Device, now: float) -> list[bytes]:
     """Deliver whatever both have to send, over a MemNet without latency; what the server
     wrote to its TUN."""
     net = MemNet(now=now)
@@ -46,7 +46,7 @@ def pump(client: Tunnel, server: Tunnel, now: float) -> list[bytes]:
     return net.tun[server]
 
 
-def connected(timers: TimerConfig | None = None) -> tuple[Tunnel, Tunnel]:
+def connected(timers: TimerConfig | None = None) -> tuple[Device, Device]:
     client, server = pair(timers)
     # Staged until the handshake it starts completes.
     client.send_packet(ip_packet("100.64.0.2", "100.64.0.1", bytes(80), 17), 1.0)
@@ -106,8 +106,8 @@ def test_send_segments_never_seals_past_reject_after_messages(sp: SuperPacket,
 
 
 def test_send_segments_counts_a_super_packet_without_a_route() -> None:
-    client = Tunnel(private_key("client"), random_bytes=det_random("c"))
-    server = Tunnel(private_key("server"), random_bytes=det_random("s"))
+    client = Device(private_key("client"), random_bytes=det_random("c"))
+    server = Device(private_key("server"), random_bytes=det_random("s"))
     client.add_peer(server.public_key, allowed_ips=["100.64.0.0/10"], endpoint=SERVER)
     sp = next(iter(_examples(tso_packets(version=6))))
     client.send_segments(Segments.of(sp.hdr, sp.packet), 1.0)

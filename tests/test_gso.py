@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fz_trio.core.gso import MAX_BATCH_BYTES, MAX_SEGMENTS, GsoBatcher
+from fz_trio.datapath.gso import MAX_BATCH_BYTES, MAX_SEGMENTS, GsoBatcher
 
 A = ("198.18.0.1", 51820)
 B = ("198.18.0.2", 51820)

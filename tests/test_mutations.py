@@ -21,32 +21,40 @@ from test_state_machine import RecoveryMachine, TunnelMachine, Violation
 
 from fz_trio.core import tunnel as tunnel_module
 from fz_trio.core.peer import Peer
-from fz_trio.core.replay import ReplayWindow
 from fz_trio.core.session import Session
 from fz_trio.core.tunnel import Tunnel
+from fz_trio.datapath import Device, _pykernels, kernels, replay
 
 MAX_EXAMPLES = 200
 
 Mutation = Callable[[pytest.MonkeyPatch], None]
 
 
+@pytest.fixture(autouse=True)
+def python_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mutants of the data path are applied to its Python twin, so the Device must run it."""
+    for name in ("seal_packets", "seal_segments", "open_run", "coalesce"):
+        monkeypatch.setattr(kernels, name, getattr(_pykernels, name))
+
+
 def replay_check_disabled(mp: pytest.MonkeyPatch) -> None:
-    mp.setattr(ReplayWindow, "check", lambda self, counter: True)
-    mp.setattr(ReplayWindow, "mark", lambda self, counter: True)
+    mp.setattr(replay, "check", lambda words, counter: True)
+    mp.setattr(replay, "mark", lambda words, counter: True)
 
 
 def reject_after_time_ignored(mp: pytest.MonkeyPatch) -> None:
     mp.setattr(Session, "usable_for_sending",
                lambda self, now, timers: self.send_counter < timers.reject_after_messages)
-    mp.setattr(Session, "usable_for_receiving",
-               lambda self, counter, now, timers: counter < timers.reject_after_messages)
+    mp.setattr(Session, "receive_limit", lambda self, now, timers: timers.reject_after_messages)
 
 
 def reject_after_messages_ignored(mp: pytest.MonkeyPatch) -> None:
     mp.setattr(Session, "usable_for_sending",
                lambda self, now, timers: now - self.created < timers.reject_after_time)
-    mp.setattr(Session, "usable_for_receiving",
-               lambda self, counter, now, timers: now - self.created < timers.reject_after_time)
+    mp.setattr(Session, "sendable", lambda self, count, timers: count)
+    mp.setattr(Session, "receive_limit",
+               lambda self, now, timers: 1 << 64 if now - self.created < timers.reject_after_time
+               else 0)
 
 
 def keepalive_after_rekey_timeout(mp: pytest.MonkeyPatch) -> None:
@@ -67,31 +75,20 @@ def keepalive_never_armed(mp: pytest.MonkeyPatch) -> None:
 
 def source_filter_skipped(mp: pytest.MonkeyPatch) -> None:
     """Inner packets are length-checked but their source is never matched to the peer."""
-
-    def inner_length(self: Tunnel, plain: bytearray, peer: Peer) -> int:
-        if plain[0] >> 4 == 4 and len(plain) >= 20:
-            length = (plain[2] << 8) | plain[3]
-        elif plain[0] >> 4 == 6 and len(plain) >= 40:
-            length = 40 + ((plain[4] << 8) | plain[5])
-        else:
-            return -1
-        return length if 20 <= length <= len(plain) else -1
-
-    mp.setattr(Tunnel, "_inner_length", inner_length)
+    mp.setattr(Tunnel, "source_allowed", lambda self, peer, address: True)
 
 
 def nonce_counter_reused(mp: pytest.MonkeyPatch) -> None:
-    """Every seventh packet or so goes out under the counter of the one before."""
-    seal_into = Session.seal_into
+    """Every seventh reservation or so overlaps the one before by a counter."""
+    reserve = Session.reserve
 
-    def sealed_twice(self: Session, buffer: bytearray, offset: int, packet: bytes,
-                     padded_len: int) -> int:
-        length = seal_into(self, buffer, offset, packet, padded_len)
+    def reserve_overlapping(self: Session, count: int) -> int:
+        counter = reserve(self, count)
         if self.send_counter % 7 == 3:
             self.send_counter -= 1
-        return length
+        return counter
 
-    mp.setattr(Session, "seal_into", sealed_twice)
+    mp.setattr(Session, "reserve", reserve_overlapping)
 
 
 def initiation_timestamp_not_checked(mp: pytest.MonkeyPatch) -> None:
@@ -108,15 +105,17 @@ def initiation_timestamp_not_checked(mp: pytest.MonkeyPatch) -> None:
 
 def endpoint_from_unauthenticated_packets(mp: pytest.MonkeyPatch) -> None:
     """Roaming follows any datagram naming a known index, before it is authenticated."""
-    receive = Tunnel._receive_transport
+    receive = Device.receive_batch
 
-    def roam_first(self: Tunnel, data: bytes, source: tuple[str, int], now: float) -> None:
-        entry = self.indices.get(struct.unpack_from("<I", data, 4)[0])
-        if entry is not None:
-            entry[0].endpoint = tunnel_module._normalise(source)
-        receive(self, data, source, now)
+    def roam_first(self: Device, data: bytes, nbytes: int, size: int,
+                   source: tuple[str, int], now: float) -> None:
+        if nbytes >= 8:
+            entry = self.indices.get(struct.unpack_from("<I", data, 4)[0])
+            if entry is not None:
+                entry[0].endpoint = tunnel_module.normalise(source)
+        receive(self, data, nbytes, size, source, now)
 
-    mp.setattr(Tunnel, "_receive_transport", roam_first)
+    mp.setattr(Device, "receive_batch", roam_first)
 
 
 def no_handshake_after_silence(mp: pytest.MonkeyPatch) -> None:

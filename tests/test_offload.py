@@ -1,4 +1,4 @@
-"""Property tests of the TUN offload functions (`fz_trio.core.offload`).
+"""Property tests of the TUN offload functions (`fz_trio.datapath.offload`).
 
 Everything the tests know about packets is written here, independently of the module under test:
 the ones' complement checksum is a plain loop over 16-bit words with end-around carry, packets
@@ -29,8 +29,9 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from fz_trio.core import offload
-from fz_trio.core.offload import OffloadError, VnetHeader, coalesce, segment
+from fz_trio.datapath import offload
+from fz_trio.datapath.coalesce import coalesce
+from fz_trio.datapath.offload import OffloadError, VnetHeader, segment
 
 # --- wire constants (from shared/reference.md, not from the module under test) ---------------
 

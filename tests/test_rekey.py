@@ -17,7 +17,7 @@ import pytest
 from memnet import Datagram, MemNet, det_random, private_key
 
 from fz_trio.core.timers import REJECT_AFTER_TIME, REKEY_AFTER_TIME, TimerConfig
-from fz_trio.core.tunnel import Tunnel
+from fz_trio.datapath import Device
 from fz_trio.sim import udp_packet
 
 A_ADDR = ("192.0.2.1", 51820)
@@ -89,8 +89,8 @@ class Audit:
 @attrs.define
 class Run:
     net: MemNet
-    a: Tunnel
-    b: Tunnel
+    a: Device
+    b: Device
     audit: Audit
     sent_ab: list[bytes] = attrs.Factory(list)
     sent_ba: list[bytes] = attrs.Factory(list)
@@ -101,9 +101,9 @@ class Run:
 def setup(timers: TimerConfig, seed: int, max_latency: float = 0.3) -> Run:
     rng = random.Random(seed)
     net = MemNet(latency=lambda d: rng.uniform(0.05, max_latency))
-    a = Tunnel(private_key("a"), timers=timers, random_bytes=det_random(f"a{seed}"),
+    a = Device(private_key("a"), timers=timers, random_bytes=det_random(f"a{seed}"),
                wall_offset=WALL)
-    b = Tunnel(private_key("b"), timers=timers, random_bytes=det_random(f"b{seed}"),
+    b = Device(private_key("b"), timers=timers, random_bytes=det_random(f"b{seed}"),
                wall_offset=WALL)
     a.add_peer(b.public_key, allowed_ips=["10.0.0.2/32"], endpoint=B_ADDR)
     b.add_peer(a.public_key, allowed_ips=["10.0.0.1/32"], endpoint=A_ADDR)

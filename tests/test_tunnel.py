@@ -1,4 +1,4 @@
-"""The Tunnel driven through memory: handshakes, routing, drops, roaming, timers, cookies.
+"""The Device driven through memory: handshakes, routing, drops, roaming, timers, cookies.
 
 Everything runs on simulated time with the protocol's real timer constants (memnet fires
 `handle_timeout` whenever `poll_timeout()` is due, so minutes pass in milliseconds).
@@ -24,7 +24,8 @@ from fz_trio.core.timers import (
     REKEY_TIMEOUT_JITTER_MAX,
     TimerConfig,
 )
-from fz_trio.core.tunnel import Tunnel, TunnelError
+from fz_trio.core.tunnel import TunnelError
+from fz_trio.datapath import Device
 from fz_trio.sim import ip_packet, udp_packet
 
 A_ADDR = ("192.0.2.1", 51820)
@@ -42,16 +43,16 @@ def v4(src: str, dst: str, body: bytes = b"hello") -> bytes:
 v6 = v4  # the IP version follows the addresses
 
 
-def make_tunnel(name: str, **kwargs: object) -> Tunnel:
+def make_tunnel(name: str, **kwargs: object) -> Device:
     kwargs.setdefault("wall_offset", WALL)
-    return Tunnel(private_key(name), random_bytes=det_random(name), **kwargs)  # type: ignore[arg-type]
+    return Device(private_key(name), random_bytes=det_random(name), **kwargs)  # type: ignore[arg-type]
 
 
 @attrs.define
 class Pair:
     net: MemNet
-    a: Tunnel
-    b: Tunnel
+    a: Device
+    b: Device
 
     @property
     def a_peer(self):  # A's view of B
@@ -104,7 +105,7 @@ def is_keepalive(d: Datagram) -> bool:
     return d.data[0] == 4 and len(d.data) == 32
 
 
-def total_drops(t: Tunnel) -> int:
+def total_drops(t: Device) -> int:
     return sum(t.counters.drops.values())
 
 
@@ -269,7 +270,7 @@ def test_add_peer_validation() -> None:
     with pytest.raises(TunnelError):
         t.add_peer(other.public_key)
     with pytest.raises(TunnelError):
-        Tunnel(b"\x00" * 31)
+        Device(b"\x00" * 31)
 
 
 def test_removed_peer_traffic_is_dropped() -> None:

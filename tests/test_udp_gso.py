@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from fz_trio.core.gso import GsoBatcher
+from fz_trio.datapath.gso import GsoBatcher
 from fz_trio.shell.udp import enable_gro, receive_segments, send_segments
 
 

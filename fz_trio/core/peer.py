@@ -2,39 +2,72 @@
 
 The timer rules follow the whitepaper as wireguard-go implements them; each rule is a named
 method (`_on_data_sent`, `_on_authenticated_received`, ...) called at the same points, and each
-timer is a deadline (float or None) that `handle_timeout` fires. Outgoing datagrams are appended
-to the caller's `out` list as (datagram, endpoint).
+timer is a deadline (float or None) that `handle_timeout` fires.
+
+The peer never touches payload bytes in bulk. To send data, the caller asks for a `SendGrant`
+(`grant_send`): the session's key, the receiver index, a reserved range of counters and the
+endpoint; the data path seals with it. What the peer itself wants sent goes into the caller's
+`Outbox`: handshake messages as finished datagrams, and data packets (staged ones, keepalives) to
+be sealed like any other.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
+from typing import TypeVar
 
 import attrs
 
 from fz_trio.core import crypto, noise
 from fz_trio.core.cookie import CookieJar
-from fz_trio.core.crypto import TAG_LEN
-from fz_trio.core.gso import GsoBatcher
-from fz_trio.core.messages import TRANSPORT_HEADER_LEN, CookieReply, Response, padded_length
-from fz_trio.core.offload import Segments
+from fz_trio.core.messages import CookieReply, Response
 from fz_trio.core.session import IndexTable, Session
 from fz_trio.core.stats import Counters
 from fz_trio.core.timers import TimerConfig
 
 Endpoint = tuple[str, int]
-Transmit = tuple[bytes | bytearray, Endpoint]
+Transmit = tuple[bytes, Endpoint]
+
+P = TypeVar("P", bytes, bytearray, memoryview, bytes | bytearray | memoryview)
 
 # Packets waiting for a session; wireguard-go keeps the same number.
 MAX_STAGED_PACKETS = 128
-_ZEROS = bytes(16)
 
 
 @attrs.define
 class LocalIdentity:
     private_key: bytes
     public_key: bytes
+
+
+@attrs.frozen
+class SendGrant:
+    """Permission to seal `count` transport messages: with `key`, to `receiver_index` at
+    `endpoint`, under counters `counter` .. `counter + count - 1` (already reserved)."""
+
+    key: bytes
+    receiver_index: int
+    counter: int
+    count: int
+    endpoint: Endpoint
+
+
+@attrs.define(eq=False)
+class Outbox:
+    """What the core wants sent, in order: finished datagrams, and packets to seal per peer."""
+
+    transmits: list[Transmit] = attrs.Factory(list)
+    sealable: list[tuple[Peer, SendGrant, Sequence[bytes]]] = attrs.Factory(list)
+
+    def transmit(self, datagram: bytes, endpoint: Endpoint) -> None:
+        self.transmits.append((datagram, endpoint))
+
+    def seal(self, peer: Peer, grant: SendGrant, packets: Sequence[bytes]) -> None:
+        self.sealable.append((peer, grant, packets))
+
+    def __bool__(self) -> bool:
+        return bool(self.transmits or self.sealable)
 
 
 @attrs.define(eq=False)
@@ -87,101 +120,84 @@ class Peer:
 
     # --- outbound data ----------------------------------------------------------------------
 
-    def send_packet(self, packet: bytes | bytearray | memoryview, now: float, wall: float,
-                    out: GsoBatcher) -> None:
-        """Encrypt and send an IP packet, or stage it and start a handshake without a session."""
+    def grant_send(self, count: int, now: float, wall: float, out: Outbox, *,
+                   data: bool = True) -> SendGrant | None:
+        """Reserve up to `count` send counters on the current session (fewer only when the
+        session reaches REJECT_AFTER_MESSAGES), or None when there is no usable session: the
+        packets without counters are to be `stage`d. `data` is False for a lone keepalive.
+
+        The timer rules of sending apply at once: any authenticated packet sent cancels the
+        passive keepalive and pushes the persistent one back; data starts the "no answer"
+        timer; a session that is due for rekeying starts a handshake."""
         session = self.current
-        timers = self.timers
         endpoint = self.endpoint
-        if session is None or endpoint is None or not session.usable_for_sending(now, timers):
+        if (session is None or endpoint is None
+                or not session.usable_for_sending(now, self.timers)):
+            return None
+        count = session.sendable(count, self.timers)
+        counter = session.reserve(count)
+        self.send_keepalive_at = None
+        if self.persistent_keepalive:
+            self.persistent_keepalive_at = now + self.persistent_keepalive
+        if data and self.new_handshake_at is None:
+            self._on_data_sent(now)
+        if session.needs_rekey_on_send(now, self.timers):
+            self.initiate_handshake(now, wall, out, retry=False)
+        return SendGrant(session.sending_key, session.remote_index, counter, count, endpoint)
+
+    def grant_or_stage(self, packets: Sequence[P], now: float, wall: float,
+                       out: Outbox) -> tuple[SendGrant, Sequence[P]] | None:
+        """A grant for as many of `packets` as the session allows, and those packets; the rest
+        (all of them without a usable session) are staged."""
+        grant = self.grant_send(len(packets), now, wall, out, data=any(map(len, packets)))
+        if grant is None:
+            self.stage(packets, now, wall, out)
+            return None
+        if grant.count < len(packets):  # the session ran out of counters: the rest waits
+            self.stage(packets[grant.count:], now, wall, out)
+            packets = packets[:grant.count]
+        return grant, packets
+
+    def count_sent(self, nbytes: int) -> None:
+        """Transport bytes sent under a grant (what `wg show` calls transfer sent)."""
+        self.tx_bytes += nbytes
+
+    def stage(self, packets: Iterable[bytes | bytearray | memoryview], now: float, wall: float,
+              out: Outbox) -> None:
+        """Keep copies of packets until a session exists (the oldest go first when full) and
+        start a handshake."""
+        for packet in packets:
             if len(self.staged) == self.staged.maxlen:
                 self.counters.drop("staged_queue_full")
             self.staged.append(bytes(packet))
-            self.initiate_handshake(now, wall, out, retry=False)
-            return
-        size = len(packet)
-        padded = padded_length(size, self.mtu)
-        length = TRANSPORT_HEADER_LEN + padded + TAG_LEN
-        buffer, offset = out.reserve(endpoint, length)
-        session.seal_into(buffer, offset, packet, padded)
-        self.tx_bytes += length
-        # Timer rules, inlined on this per-packet path: any authenticated packet sent cancels the
-        # passive keepalive and pushes the persistent one back; data starts the "no answer" timer.
-        self.send_keepalive_at = None
-        if self.persistent_keepalive:
-            self.persistent_keepalive_at = now + self.persistent_keepalive
-        if size and self.new_handshake_at is None:
-            self._on_data_sent(now)
-        if session.needs_rekey_on_send(now, timers):
-            self.initiate_handshake(now, wall, out, retry=False)
+        self.initiate_handshake(now, wall, out, retry=False)
 
-    def send_segments(self, segments: Segments, now: float, wall: float, out: GsoBatcher) -> None:
-        """Encrypt and send every segment of a super-packet, each built in place in the send
-        buffer; like `send_packet` for each segment, with the checks and timer rules done once."""
-        session = self.current
-        timers = self.timers
-        endpoint = self.endpoint
-        count = segments.count
-        if (session is None or endpoint is None or not session.usable_for_sending(now, timers)
-                or session.send_counter + count > timers.reject_after_messages):
-            for packet in segments.packets():  # the slow path decides packet by packet
-                self.send_packet(packet, now, wall, out)
-            return
-        mtu = self.mtu
-        sent = 0
-        # Full-sized segments in runs of equal GSO slots, each run written then sealed in one
-        # loop; a shorter last segment on its own.
-        full = segments.full_count
-        size = segments.full_length
-        padded = padded_length(size, mtu)
-        slot = TRANSPORT_HEADER_LEN + padded + TAG_LEN
-        i = 0
-        while i < full:
-            buffer, offset, fit = out.reserve_run(endpoint, slot, full - i)
-            segments.write_run(i, fit, buffer, offset + TRANSPORT_HEADER_LEN, slot, padded)
-            session.seal_run(buffer, offset, slot, padded, fit)
-            i += fit
-            sent += fit * slot
-        if full < count:
-            size = segments.length(full)
-            padded = padded_length(size, mtu)
-            length = TRANSPORT_HEADER_LEN + padded + TAG_LEN
-            buffer, offset = out.reserve(endpoint, length)
-            start = offset + TRANSPORT_HEADER_LEN
-            segments.write(full, buffer, start)
-            if padded > size:
-                buffer[start + size:start + padded] = _ZEROS[:padded - size]
-            session.seal_in_buffer(buffer, offset, padded)
-            sent += length
-        self.tx_bytes += sent
-        # The timer rules of send_packet, once: every segment carries data.
-        self.send_keepalive_at = None
-        if self.persistent_keepalive:
-            self.persistent_keepalive_at = now + self.persistent_keepalive
-        if self.new_handshake_at is None:
-            self._on_data_sent(now)
-        if session.needs_rekey_on_send(now, timers):
-            self.initiate_handshake(now, wall, out, retry=False)
-
-    def send_keepalive(self, now: float, wall: float, out: GsoBatcher) -> None:
+    def send_keepalive(self, now: float, wall: float, out: Outbox) -> None:
         if not self.staged:
-            self.send_packet(b"", now, wall, out)
+            self._send(self._KEEPALIVE, now, wall, out)
         else:
             self._flush_staged(now, wall, out)
 
-    def _flush_staged(self, now: float, wall: float, out: GsoBatcher) -> None:
+    _KEEPALIVE = (b"",)
+
+    def _send(self, packets: Sequence[bytes], now: float, wall: float, out: Outbox) -> None:
+        # Granted now, so the timer rules of sending apply in order; the data path seals later.
+        granted = self.grant_or_stage(packets, now, wall, out)
+        if granted is not None:
+            out.seal(self, *granted)
+
+    def _flush_staged(self, now: float, wall: float, out: Outbox) -> None:
         session = self.current
         if (session is None or self.endpoint is None
                 or not session.usable_for_sending(now, self.timers)):
             self.initiate_handshake(now, wall, out, retry=False)
             return
         staged, self.staged = self.staged, deque(maxlen=MAX_STAGED_PACKETS)
-        for packet in staged:
-            self.send_packet(packet, now, wall, out)
+        self._send(list(staged), now, wall, out)
 
     # --- handshake as initiator -------------------------------------------------------------
 
-    def initiate_handshake(self, now: float, wall: float, out: GsoBatcher, *, retry: bool) -> None:
+    def initiate_handshake(self, now: float, wall: float, out: Outbox, *, retry: bool) -> None:
         if not retry:
             if now - self.last_initiation_sent < self.timers.rekey_timeout:
                 return  # one is in flight; its retransmit timer takes over
@@ -204,13 +220,13 @@ class Peer:
         )
         datagram = self.cookies.stamp(msg.pack(), now)
         self.last_initiation_sent = now
-        out.append((datagram, self.endpoint))
+        out.transmit(datagram, self.endpoint)
         self.counters.handshake_initiations_sent += 1
         self._on_authenticated_sent(now)
         self.retransmit_handshake_at = now + self.timers.rekey_timeout + self._jitter()
 
     def consume_response(self, msg: Response, raw: bytes, source: Endpoint, now: float, wall: float,
-                         out: GsoBatcher) -> bool:
+                         out: Outbox) -> bool:
         state = self.pending
         if state is None or state.local_index != msg.receiver:
             return False
@@ -254,7 +270,7 @@ class Peer:
     # --- handshake as responder -------------------------------------------------------------
 
     def answer_initiation(self, consumed: noise.ConsumedInitiation, raw: bytes, source: Endpoint,
-                          now: float, out: GsoBatcher) -> bool:
+                          now: float, out: Outbox) -> bool:
         if consumed.timestamp <= self.last_timestamp:
             self.counters.drop("handshake_replayed_timestamp")
             return False
@@ -283,7 +299,7 @@ class Peer:
         self.rx_bytes += len(raw)
         datagram = self.cookies.stamp(msg.pack(), now)
         self.tx_bytes += len(datagram)
-        out.append((datagram, source))
+        out.transmit(datagram, source)
         self.counters.handshake_responses_sent += 1
         # A response counts as a handshake sent (wireguard-go's lastSentHandshake, the kernel's
         # last_sent_handshake): wait REKEY_TIMEOUT for the initiator's confirmation before
@@ -297,7 +313,7 @@ class Peer:
     # --- inbound data -----------------------------------------------------------------------
 
     def session_received(self, session: Session, datagram_len: int, plain_len: int,
-                         source: Endpoint, now: float, wall: float, out: GsoBatcher) -> None:
+                         source: Endpoint, now: float, wall: float, out: Outbox) -> None:
         """Bookkeeping after `session` authenticated a datagram (plaintext of `plain_len` bytes)."""
         self.endpoint = source
         self.rx_bytes += datagram_len
@@ -327,7 +343,7 @@ class Peer:
                                  self.persistent_keepalive_at) if d is not None]
         return min(deadlines) if deadlines else None
 
-    def handle_timeout(self, now: float, wall: float, out: GsoBatcher) -> None:
+    def handle_timeout(self, now: float, wall: float, out: Outbox) -> None:
         if self.retransmit_handshake_at is not None and now >= self.retransmit_handshake_at:
             self.retransmit_handshake_at = None
             if self.handshake_attempts > self.timers.max_handshake_attempts:

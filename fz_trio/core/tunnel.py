@@ -1,33 +1,35 @@
 """The Tunnel: one local identity, its peers and cryptokey routing — WireGuard without IO.
 
-Drive it with three inputs and drain two outputs:
+The protocol core's face towards the data path. It decides *who, with which key and counters, to
+where*; it never touches payload bytes in bulk:
 
-    tunnel.send_packet(ip_packet, now)             # from TUN (send_packets: many;
-                                                   #  send_segments: a TSO/USO super-packet)
-    tunnel.receive_datagram(data, source, now)     # from UDP (receive_batch: a GRO read)
-    tunnel.handle_timeout(now)                     # when now >= tunnel.poll_timeout()
-    tunnel.take_transmits()  -> [(datagram, (host, port)), ...]   # to UDP
-    tunnel.take_tun_packets() -> [ip_packet, ...]                  # to TUN
+    tunnel.route(destination)                       # which peer an inner packet goes to
+    tunnel.grant_send(peer, count, now)             # key, receiver index, counters, endpoint
+    tunnel.stage(peer, packets, now)                # no session yet: keep them, handshake
+    tunnel.receiving_session(receiver_index)        # which peer and session a datagram is for
+    tunnel.session_received(peer, session, ...)     # timers and counters after a run was opened
+    tunnel.receive_handshake(datagram, source, now) # handshake and cookie messages
+    tunnel.handle_timeout(now)                      # when now >= tunnel.poll_timeout()
+    tunnel.take_outbox()                            # what the core itself wants sent
 
 `now` is a monotonic time in seconds chosen by the caller; the wall clock (needed only for the
 handshake's TAI64N timestamp) is `now + wall_offset`, which the caller keeps current.
-Bad input never raises: it is dropped and counted in `counters`.
+`fz_trio.datapath.Device` joins this core to the data path. Bad input never raises: it is dropped
+and counted in `counters`.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from fz_trio.core import messages, noise
 from fz_trio.core.allowed_ips import AllowedIPs, Network
 from fz_trio.core.cookie import CookieChecker
 from fz_trio.core.crypto import CryptoError, public_key_of
-from fz_trio.core.gso import Batch, GsoBatcher
 from fz_trio.core.messages import MessageError
-from fz_trio.core.offload import Segments
-from fz_trio.core.peer import Endpoint, LocalIdentity, Peer, Transmit
+from fz_trio.core.peer import Endpoint, LocalIdentity, Outbox, P, Peer, SendGrant
 from fz_trio.core.session import IndexTable, Session
 from fz_trio.core.stats import Counters
 from fz_trio.core.timers import TimerConfig
@@ -71,8 +73,9 @@ class Tunnel:
         self._handshake_window_start = float("-inf")
         self._handshakes_in_window = 0
         self._under_load_until = float("-inf")
-        self._transmits = GsoBatcher()
-        self._tun_packets: list[bytearray] = []
+        self.outbox = Outbox()
+        # Bumped on every routing change, so the data path knows when its caches are stale.
+        self.routes_version = 0
 
     @property
     def public_key(self) -> bytes:
@@ -98,7 +101,8 @@ class Tunnel:
         try:
             peer = Peer(
                 identity=self.identity, public_key=public_key,
-                preshared_key=preshared_key or bytes(32), endpoint=_normalise(endpoint),
+                preshared_key=preshared_key or bytes(32),
+                endpoint=None if endpoint is None else normalise(endpoint),
                 persistent_keepalive=persistent_keepalive or None, timers=self.timers,
                 indices=self.indices, counters=self.counters, random_bytes=self.random_bytes,
                 mtu=self.mtu,
@@ -115,10 +119,12 @@ class Tunnel:
             peer.clear_sessions()
             self.allowed_ips.remove_value(peer)
             self._route_cache.clear()
+            self.routes_version += 1
 
     def set_allowed_ips(self, public_key: bytes, allowed_ips: Iterable[Network | str]) -> None:
         peer = self.peers[public_key]
         self._route_cache.clear()
+        self.routes_version += 1
         self.allowed_ips.remove_value(peer)
         for network in allowed_ips:
             self.allowed_ips.insert(ipaddress.ip_network(network, strict=False), peer)
@@ -131,42 +137,25 @@ class Tunnel:
         wall = now + self.wall_offset
         for peer in self.peers.values():
             if peer.persistent_keepalive and peer.endpoint is not None:
-                peer.send_keepalive(now, wall, self._transmits)
+                peer.send_keepalive(now, wall, self.outbox)
 
-    # --- the three inputs -------------------------------------------------------------------
+    # --- sending ----------------------------------------------------------------------------
 
-    def send_packet(self, packet: bytes | bytearray | memoryview, now: float) -> None:
-        """An IP packet read from TUN: route it to its peer by destination address."""
-        peer = self.route(_destination(packet))
-        if peer is None:
-            self.counters.drop("no_route" if len(packet) >= 20 else "tun_not_ip")
-            return
-        peer.send_packet(packet, now, now + self.wall_offset, self._transmits)
+    def grant_send(self, peer: Peer, count: int, now: float, *,
+                   data: bool = True) -> SendGrant | None:
+        """Counters for up to `count` messages to `peer` (see `Peer.grant_send`), None without a
+        usable session: then `stage` the packets."""
+        return peer.grant_send(count, now, now + self.wall_offset, self.outbox, data=data)
 
-    def send_packets(self, packets: Iterable[bytes | bytearray | memoryview], now: float) -> None:
-        """Many IP packets from TUN (a batch, the segments of a super-packet): like `send_packet`
-        each, but a run of packets to one destination is routed once."""
-        wall = now + self.wall_offset
-        out = self._transmits
-        last_destination: bytes | None = None
-        peer: Peer | None = None
-        for packet in packets:
-            destination = _destination(packet)
-            if destination != last_destination or destination is None:
-                peer = self.route(destination)
-                last_destination = destination
-            if peer is None:
-                self.counters.drop("no_route" if len(packet) >= 20 else "tun_not_ip")
-                continue
-            peer.send_packet(packet, now, wall, out)
+    def grant_or_stage(self, peer: Peer, packets: Sequence[P],
+                       now: float) -> tuple[SendGrant, Sequence[P]] | None:
+        """A grant for the packets the session can take now, and those packets; the rest are
+        staged until a session exists (see `Peer.grant_or_stage`)."""
+        return peer.grant_or_stage(packets, now, now + self.wall_offset, self.outbox)
 
-    def send_segments(self, segments: Segments, now: float) -> None:
-        """The segments of a TUN super-packet: routed once, each built and sealed in place."""
-        peer = self.route(segments.destination)
-        if peer is None:
-            self.counters.drop("no_route", segments.count)
-            return
-        peer.send_segments(segments, now, now + self.wall_offset, self._transmits)
+    def stage(self, peer: Peer, packets: Iterable[bytes | bytearray | memoryview],
+              now: float) -> None:
+        peer.stage(packets, now, now + self.wall_offset, self.outbox)
 
     def route(self, address: bytes | None) -> Peer | None:
         """The peer whose AllowedIPs hold `address` (4 or 16 bytes), by longest prefix."""
@@ -181,159 +170,53 @@ class Tunnel:
                 cache.clear()
             return peer
 
-    def receive_datagram(self, data: bytes | bytearray | memoryview, source: Endpoint,
-                         now: float) -> None:
-        """A UDP datagram from `source`: decrypt, authenticate, route, or drop and count."""
-        if data[:4] == _TRANSPORT_TYPE and len(data) >= messages.TRANSPORT_MIN_LEN:
-            self._receive_transport(data, source, now)
-            return
-        kind = messages.message_type(data)
-        if kind == messages.TYPE_TRANSPORT:
-            self.counters.drop("malformed")
-        elif kind == 0:
-            self.counters.drop("malformed")
-        else:
-            self._receive_handshake(bytes(data), _normalise(source), now)  # type: ignore[arg-type]
-
     def handle_timeout(self, now: float) -> None:
         wall = now + self.wall_offset
         for peer in list(self.peers.values()):
             deadline = peer.next_deadline()
             if deadline is not None and now >= deadline:
-                peer.handle_timeout(now, wall, self._transmits)
+                peer.handle_timeout(now, wall, self.outbox)
 
     def poll_timeout(self) -> float | None:
         """The earliest time at which `handle_timeout` has something to do."""
         deadlines = [d for d in (p.next_deadline() for p in self.peers.values()) if d is not None]
         return min(deadlines) if deadlines else None
 
-    # --- the two outputs --------------------------------------------------------------------
+    def take_outbox(self) -> Outbox:
+        """What the core wants sent since the last call: handshake datagrams, and packets to
+        seal per peer (staged ones, keepalives)."""
+        outbox, self.outbox = self.outbox, Outbox()
+        return outbox
 
-    def take_transmits(self) -> list[Transmit]:
-        """Each datagram separately, as bytes (tests, the simulator)."""
-        batches = self.take_batches()
-        out: list[Transmit] = [(bytes(d), b.endpoint) for b in batches for d in b.datagrams()]
-        self._transmits.recycle(batches)
-        return out
+    # --- receiving ----------------------------------------------------------------------------
 
-    def take_batches(self) -> list[Batch]:
-        """Datagrams grouped for UDP GSO (one `sendmsg` each); hand them back with `recycle`."""
-        batches = self._transmits.take()
-        self.counters.packets_to_network += sum(b.count for b in batches)
-        return batches
+    def receiving_session(self, receiver: int) -> tuple[Peer, Session] | None:
+        """The peer and session a transport message for `receiver` belongs to, if any."""
+        entry = self.indices.get(receiver)
+        if entry is None or entry[1] is None:
+            return None
+        return entry  # type: ignore[return-value]
 
-    def recycle(self, batches: list[Batch]) -> None:
-        self._transmits.recycle(batches)
+    def session_received(self, peer: Peer, session: Session, datagram_bytes: int,
+                         plain_bytes: int, source: Endpoint, now: float) -> None:
+        """Bookkeeping after the data path authenticated `datagram_bytes` of transport messages
+        (`plain_bytes` of plaintext) from `source` on `session`."""
+        if datagram_bytes:
+            peer.session_received(session, datagram_bytes, plain_bytes, normalise(source), now,
+                                  now + self.wall_offset, self.outbox)
 
-    def take_tun_packets(self) -> list[bytearray]:
-        out, self._tun_packets = self._tun_packets, []
-        return out
+    def source_allowed(self, peer: Peer, address: bytes | None) -> bool:
+        """Cryptokey routing on receipt: may `peer` send packets from inner source `address`?"""
+        return address is not None and self.route(address) is peer
 
-    # --- inbound ----------------------------------------------------------------------------
-
-    def receive_batch(self, buffer: bytes | bytearray | memoryview, nbytes: int, size: int,
-                      source: Endpoint, now: float) -> None:
-        """The datagrams of one UDP GRO read, all from `source`: back to back in
-        `buffer[:nbytes]`, each `size` bytes but the last. Like `receive_datagram` for each, with
-        the session found and the peer's timer bookkeeping done once per run of datagrams for
-        one session."""
-        if nbytes <= 0 or size <= 0:
-            self.counters.drop("malformed")  # an empty datagram
+    def receive_handshake(self, data: bytes | bytearray | memoryview, source: Endpoint,
+                          now: float) -> None:
+        """A UDP datagram that is not transport data: handshake messages and cookie replies."""
+        kind = messages.message_type(data)
+        if kind in (0, messages.TYPE_TRANSPORT):
+            self.counters.drop("malformed")
             return
-        view = memoryview(buffer)
-        unpack = messages.TRANSPORT_HEADER.unpack_from
-        counters = self.counters
-        timers = self.timers
-        tun = self._tun_packets
-        endpoint = _normalise(source)
-        run_receiver = -1
-        peer: Peer | None = None
-        session: Session | None = None
-        run_bytes = run_plain = 0
-        allowed_v4: bytes | None = None
-        for start in range(0, nbytes, size):
-            end = min(start + size, nbytes)
-            kind = receiver = counter = 0
-            if end - start >= _TRANSPORT_MIN_LEN:
-                kind, receiver, counter = unpack(buffer, start)
-            if kind != messages.TYPE_TRANSPORT:  # (with the reserved bytes zero)
-                if session is not None:
-                    self._run_received(peer, session, run_bytes, run_plain, endpoint, now)
-                    session, run_receiver = None, -1
-                self.receive_datagram(view[start:end], source, now)
-                continue
-            if receiver != run_receiver:
-                if session is not None:
-                    self._run_received(peer, session, run_bytes, run_plain, endpoint, now)
-                entry = self.indices.get(receiver)
-                if entry is None or entry[1] is None:
-                    counters.drop("unknown_index")
-                    session, run_receiver = None, -1
-                    continue
-                peer, session = entry
-                run_receiver = receiver
-                run_bytes = run_plain = 0
-                allowed_v4 = None  # an inner IPv4 source this peer's AllowedIPs hold
-            if not session.usable_for_receiving(counter, now, timers):
-                counters.drop("session_expired")
-                continue
-            plain = session.open(buffer, start, end, counter)
-            if plain is None:
-                counters.drop("replay_or_forged")
-                continue
-            # Any authenticated non-empty plaintext is data for the timers (whitepaper 6.5;
-            # wireguard-go and the kernel arm the passive keepalive before checking the inner
-            # packet), even when the packet itself is then dropped.
-            run_bytes += end - start
-            if plain:
-                run_plain += len(plain)
-                if plain[0] >> 4 == 4 and plain[12:16] == allowed_v4 and len(plain) >= 20:
-                    # The source was routed to this peer earlier in the run: only the length
-                    # is left to check.
-                    packet_len = (plain[2] << 8) | plain[3]
-                    if not 20 <= packet_len <= len(plain):
-                        counters.drop("inner_not_ip")
-                        continue
-                else:
-                    packet_len = self._inner_length(plain, peer)
-                    if packet_len > 0 and plain[0] >> 4 == 4:
-                        allowed_v4 = bytes(plain[12:16])
-                if packet_len > 0:
-                    if packet_len != len(plain):
-                        del plain[packet_len:]  # the padding
-                    tun.append(plain)
-                    counters.packets_to_tun += 1
-        if session is not None:
-            self._run_received(peer, session, run_bytes, run_plain, endpoint, now)
-
-    def _run_received(self, peer: Peer | None, session: Session, datagram_bytes: int,
-                      plain_bytes: int, source: Endpoint | None, now: float) -> None:
-        if datagram_bytes and peer is not None and source is not None:
-            peer.session_received(session, datagram_bytes, plain_bytes, source, now,
-                                  now + self.wall_offset, self._transmits)
-
-    def _receive_transport(self, data: bytes | bytearray | memoryview, source: Endpoint,
-                           now: float) -> None:
-        self.receive_batch(data, len(data), len(data), source, now)
-
-    def _inner_length(self, plain: bytearray, peer: Peer) -> int:
-        """Length of the IP packet inside `plain` without padding, or -1 (counted) to drop it."""
-        version = plain[0] >> 4
-        if version == 4 and len(plain) >= 20:
-            length = (plain[2] << 8) | plain[3]
-            source = bytes(plain[12:16])
-        elif version == 6 and len(plain) >= 40:
-            length = 40 + ((plain[4] << 8) | plain[5])
-            source = bytes(plain[8:24])
-        else:
-            length = 0
-        if not 20 <= length <= len(plain):
-            self.counters.drop("inner_not_ip")
-            return -1
-        if self.route(source) is not peer:
-            self.counters.drop("source_not_allowed")
-            return -1
-        return length
+        self._receive_handshake(bytes(data), normalise(source), now)
 
     def _under_load(self, now: float) -> bool:
         if now - self._handshake_window_start >= 1.0:
@@ -360,7 +243,7 @@ class Tunnel:
             return
         if self._under_load(now) and not self.cookie_checker.mac2_valid(data, source, now):
             reply = self.cookie_checker.make_reply(data, msg.sender, source, now)
-            self._transmits.append((reply.pack(), source))
+            self.outbox.transmit(reply.pack(), source)
             self.counters.cookie_replies_sent += 1
             return
         wall = now + self.wall_offset
@@ -377,33 +260,18 @@ class Tunnel:
             if peer is None:
                 self.counters.drop("unknown_peer")
                 return
-            peer.answer_initiation(consumed, data, source, now, self._transmits)
+            peer.answer_initiation(consumed, data, source, now, self.outbox)
         else:
             entry = self.indices.get(msg.receiver)
             if entry is None or entry[1] is not None:
                 self.counters.drop("unknown_index")
                 return
-            entry[0].consume_response(msg, data, source, now, wall, self._transmits)
+            entry[0].consume_response(msg, data, source, now, wall, self.outbox)
 
 
-_TRANSPORT_TYPE = bytes([messages.TYPE_TRANSPORT, 0, 0, 0])
-_TRANSPORT_MIN_LEN = messages.TRANSPORT_MIN_LEN
-
-
-def _destination(packet: bytes | bytearray | memoryview) -> bytes | None:
-    """The destination address bytes of an IPv4/IPv6 packet, None if it is not one."""
-    if len(packet) >= 20 and packet[0] >> 4 == 4:
-        return bytes(packet[16:20])
-    if len(packet) >= 40 and packet[0] >> 4 == 6:
-        return bytes(packet[24:40])
-    return None
-
-
-def _normalise(endpoint: Endpoint | tuple | None) -> Endpoint | None:
+def normalise(endpoint: Endpoint | None) -> Endpoint:
     """(host, port) with IPv4-mapped IPv6 folded to IPv4, so one peer has one address form."""
-    if endpoint is None:
-        return None
-    host, port = endpoint[0], endpoint[1]
+    host, port = endpoint[0], endpoint[1]  # type: ignore[index]
     if host.startswith("::ffff:") and "." in host:
         host = host[7:]
     return (host, port)

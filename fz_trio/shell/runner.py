@@ -24,10 +24,9 @@ import attrs
 import trio
 
 from fz_trio.config import Config
-from fz_trio.core.gso import MAX_SEGMENTS
 from fz_trio.core.ip import flow_hash
-from fz_trio.core.offload import Segments
-from fz_trio.core.tunnel import Tunnel
+from fz_trio.datapath import MAX_SEGMENTS, Device
+from fz_trio.datapath import kernels as datapath_kernels
 from fz_trio.shell.netconfig import InterfaceNetwork
 from fz_trio.shell.tun import IFF_VNET_HDR, TunDevice, enable_offloads, open_tun
 from fz_trio.shell.tun_io import (
@@ -84,7 +83,7 @@ class TunnelShell:
     """A running tunnel: the core plus the fds it is wired to. Live objects for the REPL."""
 
     config: Config
-    tunnel: Tunnel
+    tunnel: Device
     tun: TunDevice
     udp: UdpSockets
     network: InterfaceNetwork
@@ -156,6 +155,7 @@ class TunnelShell:
                         handoff: ReaderHandoff | None) -> None:
         """TUN batches -> core (encrypt into GSO batches) -> one sendmsg per batch."""
         send_packets = self.tunnel.send_packets
+        send_reads = self.tunnel.send_reads
         stats = self.stats
         offload = self.offload
         async for batch in receive:
@@ -168,7 +168,7 @@ class TunnelShell:
                     send_packets(batch, now)
                     taken += len(batch)
                 else:
-                    taken += self._send_offloaded(offload, batch, now)
+                    taken += send_reads(batch, now)
                 stats.tun_batches_read += 1
                 if taken + READ_BATCH > TICK_PACKETS:
                     break
@@ -178,22 +178,6 @@ class TunnelShell:
                     break
             stats.tun_packets_read += taken
             await self.flush_network()
-
-    def _send_offloaded(self, offload: TunOffload, reads: list[bytes], now: float) -> int:
-        """Feed TUN reads with vnet headers to the core; returns how many packets they held."""
-        tunnel = self.tunnel
-        count = 0
-        for read in reads:
-            packets = offload.packets_from_read(read)
-            if isinstance(packets, Segments):
-                tunnel.send_segments(packets, now)
-                count += packets.count
-            elif packets is None:
-                tunnel.counters.drop("tun_malformed_offload")
-            else:
-                tunnel.send_packet(packets, now)
-                count += 1
-        return count
 
     async def _inbound(self, sock: socket.socket) -> None:
         """UDP (GRO) -> core (decrypt) -> TUN writer threads."""
@@ -296,7 +280,7 @@ async def build_tunnel(config: Config, *, tun_queues: int = DEFAULT_TUN_QUEUES, 
         allowed = [net for peer in config.peers for net in peer.allowed_ips]
         full_tunnel = network.apply(addresses=list(iface.addresses), mtu=mtu, allowed_ips=allowed)
         udp = open_udp(iface.listen_port, fwmark=full_tunnel.fwmark if full_tunnel else None)
-        tunnel = Tunnel(iface.private_key, mtu=mtu, wall_offset=time.time() - trio.current_time())
+        tunnel = Device(iface.private_key, mtu=mtu, wall_offset=time.time() - trio.current_time())
         for peer in config.peers:
             tunnel.add_peer(
                 peer.public_key, preshared_key=peer.preshared_key, allowed_ips=peer.allowed_ips,
@@ -305,7 +289,8 @@ async def build_tunnel(config: Config, *, tun_queues: int = DEFAULT_TUN_QUEUES, 
             )
         log_info(f"interface {config.interface_name} up: mtu {mtu}, udp port {udp.port}, "
                  f"{len(config.peers)} peer(s), {tun_queues} TUN queue(s) ({tun_io}), "
-                 f"UDP GSO {'on' if gso else 'off'}, TUN offload {offload_mode or 'off'}"
+                 f"UDP GSO {'on' if gso else 'off'}, TUN offload {offload_mode or 'off'}, "
+                 f"{datapath_kernels.IMPLEMENTATION} data path kernels"
                  + (f", full tunnel via table {full_tunnel.fwmark}" if full_tunnel else ""))
         sender = BatchSender(tunnel.counters, gso=gso)
         return TunnelShell(config, tunnel, tun, udp, network, sender, tun_io=tun_io,
@@ -365,6 +350,7 @@ async def run_until_signalled(config: Config, *, tun_queues: int = DEFAULT_TUN_Q
         counters = shell.tunnel.counters.as_dict()
         io = attrs.asdict(shell.stats) | attrs.asdict(
             shell.sender, filter=lambda a, _: a.name != "counters")
+        io["datapath"] = attrs.asdict(shell.tunnel.stats)
         if shell.offload is not None:
             io["offload"] = attrs.asdict(shell.offload)
         log.info("stopped; stats: %s", json.dumps({"counters": counters, "io": io}))

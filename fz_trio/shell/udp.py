@@ -15,8 +15,8 @@ import sys
 import attrs
 import trio
 
-from fz_trio.core.gso import Batch
 from fz_trio.core.stats import Counters
+from fz_trio.datapath import Batch
 
 log = logging.getLogger(__name__)
 

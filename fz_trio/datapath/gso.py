@@ -58,6 +58,7 @@ class GsoBatcher:
 
     def reserve(self, endpoint: Any, length: int) -> tuple[bytearray, int]:
         """Space for one datagram of `length` bytes to `endpoint`: (buffer, offset) to write at."""
+        _check_length(length)
         batch = self._open.get(endpoint)
         if batch is not None and not (
             batch.closed
@@ -81,6 +82,7 @@ class GsoBatcher:
     def reserve_run(self, endpoint: Any, length: int, wanted: int) -> tuple[bytearray, int, int]:
         """Space for up to `wanted` datagrams of exactly `length` bytes each, back to back in one
         batch: (buffer, offset of the first, how many fit, at least 1)."""
+        _check_length(length)
         batch = self._open.get(endpoint)
         if batch is None or (
             batch.closed
@@ -96,8 +98,6 @@ class GsoBatcher:
                   (MAX_BATCH_BYTES - batch.used) // length)
         fit = max(fit, 1)
         offset = batch.used
-        if offset + fit * length > len(batch.buffer):  # only a datagram larger than any batch
-            batch.buffer.extend(bytes(offset + fit * length - len(batch.buffer)))
         batch.used = offset + fit * length
         batch.count += fit
         self._datagrams += fit
@@ -125,3 +125,9 @@ class GsoBatcher:
         for batch in batches:
             if len(self._free) < 64:  # bounds idle memory at 4 MiB
                 self._free.append(batch.buffer)
+
+
+def _check_length(length: int) -> None:
+    # The caller drops (and counts) what cannot be one UDP datagram; reaching here is a bug.
+    if not 0 < length <= MAX_BATCH_BYTES:
+        raise ValueError(f"a datagram of {length} bytes does not fit a GSO buffer")
