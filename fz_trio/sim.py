@@ -1,7 +1,8 @@
 """A simulated network for sans-IO Tunnels: in memory, deterministic, on a simulated clock.
 
 Any number of nodes, each one `Device` (core + data path) at an underlay address, exchange
-datagrams over directed links with their own latency, jitter (which reorders), loss, duplication and partitions. Nodes can
+datagrams over directed links with their own latency, jitter (which reorders), loss, duplication
+and partitions. Nodes can
 roam to a new address (as behind a NAT that rebinds), restart (same key or a new one) and be
 reconfigured. Time is simulated: `run_for(seconds)` jumps from event to event, an event being the
 earliest of the datagrams in flight and every tunnel's `poll_timeout()`, so minutes of protocol
