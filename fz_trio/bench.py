@@ -27,6 +27,7 @@ See docs/performance.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -37,14 +38,14 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
 
 from fz_trio.core.crypto import generate_private_key
-from fz_trio.datapath import Device
+from fz_trio.datapath import Device, _pykernels, kernels
 from fz_trio.scenario import Implementation, TunnelPair
 from fz_trio.sim import udp_packet
 from fz_trio.testnet import TestNet, netns_unavailable_reason, wait_for
@@ -94,6 +95,7 @@ class CoreResult:
     encrypt_gbits: float  # implied Gbit/s of IP packets on one core
     decrypt_gbits: float
     api: str = "batch"  # which core API moved the packets
+    kernels: str = "native"  # which twin of the data path kernels
 
 
 def ipv4_packet(size: int, src: str = TestNet.tunnel_b4, dst: str = TestNet.tunnel_a4) -> bytes:
@@ -133,8 +135,31 @@ def _core_pair(packet: bytes) -> tuple[Device, Device, tuple[str, int], float]:
     return client, server, client_addr, now
 
 
+@contextlib.contextmanager
+def kernels_twin(twin: str) -> Iterator[str]:
+    """Run the Device on one twin of the data path kernels ("native" needs the extension)."""
+    if twin == "native" and kernels.IMPLEMENTATION != "native":
+        raise RuntimeError(f"no native kernels: {kernels.REASON}")
+    module = _pykernels if twin == "python" else kernels._module
+    names = ("seal_packets", "seal_segments", "open_run", "coalesce")
+    saved = {name: getattr(kernels, name) for name in names}
+    for name in names:
+        setattr(kernels, name, getattr(module, name))
+    try:
+        yield twin
+    finally:
+        for name, value in saved.items():
+            setattr(kernels, name, value)
+
+
 def core_bench(*, batches: int = 1000, batch_size: int = 64, packet_size: int = 1400,
-               warmup: int = 20) -> CoreResult:
+               warmup: int = 20, twin: str | None = None) -> CoreResult:
+    with kernels_twin(twin or kernels.IMPLEMENTATION):
+        result = _core_bench(batches, batch_size, packet_size, warmup)
+    return attrs.evolve(result, kernels=twin or kernels.IMPLEMENTATION)
+
+
+def _core_bench(batches: int, batch_size: int, packet_size: int, warmup: int) -> CoreResult:
     """Time the core alone: encrypt through send_packets+take_batches on one Tunnel, decrypt the
     result through receive_batch (one call per GSO batch, as a UDP GRO read would deliver it)
     +take_tun_packets on its peer, `batch_size` packets at a time.
@@ -183,8 +208,8 @@ def core_bench(*, batches: int = 1000, batch_size: int = 64, packet_size: int = 
 
 
 def format_core(r: CoreResult) -> str:
-    return (f"core ({r.api} API, {r.packets} packets of {r.packet_size} B in batches of "
-            f"{r.batch_size}, one core):\n"
+    return (f"core ({r.kernels} kernels, {r.api} API, {r.packets} packets of {r.packet_size} B "
+            f"in batches of {r.batch_size}, one core):\n"
             f"  encrypt  {'send_packets + take_batches':<36}"
             f"{r.encrypt_us_per_packet:7.2f} µs/packet = {r.encrypt_gbits:5.2f} Gbit/s\n"
             f"  decrypt  {'receive_batch + take_tun_packets':<36}"
@@ -239,6 +264,23 @@ class IperfResult:
     bytes_received: int
     seconds: float  # as measured by iperf3
     cpu_seconds: dict[int, float]  # pid -> CPU seconds during the run
+    rtt_ms: list[float] = attrs.Factory(list)  # pings through the path while iperf3 ran
+
+
+PING_INTERVAL = 0.05
+
+
+def _ping_rtts(output: str) -> list[float]:
+    """The RTTs (ms) in ping's per-reply lines ("... time=1.23 ms")."""
+    return [float(line.rsplit("time=", 1)[1].split()[0])
+            for line in output.splitlines() if "time=" in line]
+
+
+def percentile(values: Sequence[float], fraction: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 def iperf3_run(net: TestNet, server_addr: str, *, seconds: int, reverse: bool = False,
@@ -255,7 +297,15 @@ def iperf3_run(net: TestNet, server_addr: str, *, seconds: int, reverse: bool = 
         if reverse:
             argv.append("-R")
         before = {pid: cpu_seconds(pid) for pid in pids}
-        result = net.run(net.ns_b, *argv, check=False, timeout=seconds + 60)
+        # Latency under load: pings from the client side through the same path while the
+        # transfer runs (the first second, its ramp-up, is left out).
+        ping = net.popen(net.ns_b, "ping", "-n", "-i", str(PING_INTERVAL), "-w",
+                         str(max(1, seconds - 1)), server_addr, stdout=subprocess.PIPE,
+                         stderr=subprocess.DEVNULL, text=True)
+        try:
+            result = net.run(net.ns_b, *argv, check=False, timeout=seconds + 60)
+        finally:
+            ping_out = ping.communicate(timeout=seconds + 10)[0] or ""
         after = {pid: cpu_seconds(pid) for pid in pids}
         try:
             report = json.loads(result.stdout or "{}")
@@ -271,6 +321,7 @@ def iperf3_run(net: TestNet, server_addr: str, *, seconds: int, reverse: bool = 
             bytes_received=int(received["bytes"]),
             seconds=float(received.get("seconds", seconds)),
             cpu_seconds={pid: after[pid] - before[pid] for pid in pids},
+            rtt_ms=_ping_rtts(ping_out)[int(1 / PING_INTERVAL):],
         )
     finally:
         server.kill()
@@ -297,6 +348,8 @@ class Run:
     ratio: float | None = None  # to wggo-wggo, same direction and streams, same bench run
     retransmits: int | None = None
     bytes_received: int | None = None
+    rtt_median_ms: float | None = None  # ping RTT through the tunnel under this load
+    rtt_p90_ms: float | None = None
     sides: list[SideStats] = attrs.Factory(list)
     error: str | None = None
 
@@ -419,6 +472,8 @@ def _measure(net: TestNet, pair: TunnelPair | None, procs: list[Proc], run: Run,
     run.mbits = result.mbits
     run.retransmits = result.retransmits
     run.bytes_received = result.bytes_received
+    run.rtt_median_ms = percentile(result.rtt_ms, 0.5)
+    run.rtt_p90_ms = percentile(result.rtt_ms, 0.9)
     gb = result.bytes_received / 1e9
     run.sides = [
         SideStats(p.role, p.implementation, p.pid, result.cpu_seconds[p.pid],
@@ -467,17 +522,19 @@ def _per_side(run: Run, attr: str, spec: str, implementation: str = FZ) -> str:
 
 
 def format_table(runs: Sequence[Run]) -> str:
-    header = ("pair", "dir", "P", "Mbit/s", "ratio", "retr", "fz CPU s/GB c/s", "fz RSS MB c/s",
-              "wggo CPU s/GB c/s")
+    header = ("pair", "dir", "P", "Mbit/s", "ratio", "retr", "RTT ms p50/p90", "fz CPU s/GB c/s",
+              "fz RSS MB c/s", "wggo CPU s/GB c/s")
     rows = [header]
     errors: list[str] = []
     for r in runs:
         if r.error is not None:
-            rows.append((r.name, r.direction, str(r.streams), "FAILED", "-", "-", "-", "-", "-"))
+            rows.append((r.name, r.direction, str(r.streams), "FAILED", "-", "-", "-", "-", "-",
+                         "-"))
             errors.append(f"{r.name} {r.direction} -P {r.streams}: {_short(r.error)}")
             continue
         rows.append((r.name, r.direction, str(r.streams), _fmt(r.mbits, ".0f"),
                      _fmt(r.ratio, ".2f"), _fmt(r.retransmits, "d"),
+                     f"{_fmt(r.rtt_median_ms, '.1f')}/{_fmt(r.rtt_p90_ms, '.1f')}",
                      _per_side(r, "cpu_s_per_gb", ".2f"), _per_side(r, "peak_rss_mb", ".0f"),
                      _per_side(r, "cpu_s_per_gb", ".2f", WGGO)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
@@ -623,10 +680,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(_format_machine(info), flush=True)
 
     if args.what in ("all", "core"):
-        core = core_bench(batches=args.core_batches, batch_size=args.batch_size,
-                          packet_size=args.packet_size)
-        results["core"] = attrs.asdict(core)
-        print(format_core(core), flush=True)
+        twins = ["python"] + (["native"] if kernels.IMPLEMENTATION == "native" else [])
+        results["core"] = []
+        for twin in twins:
+            core = core_bench(batches=args.core_batches, batch_size=args.batch_size,
+                              packet_size=args.packet_size, twin=twin)
+            results["core"].append(attrs.asdict(core))
+            print(format_core(core), flush=True)
 
     failed = False
     if args.what in ("all", "e2e"):

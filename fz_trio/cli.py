@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fz-trio", description="A WireGuard-compatible VPN client on Trio."
     )
-    parser.add_argument("--version", action="version", version=f"fz-trio {__version__}")
+    parser.add_argument("--version", action="version", version=_version())
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -153,6 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
     repl.add_argument("--seed", type=int, default=1, help="the simulation's seed (--sim)")
     repl.set_defaults(func=_cmd_repl)
     return parser
+
+
+def _version() -> str:
+    from fz_trio.datapath import kernels
+
+    return f"fz-trio {__version__} ({kernels.IMPLEMENTATION} data path kernels: {kernels.REASON})"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,6 +31,7 @@ from fz_trio.shell.netconfig import InterfaceNetwork
 from fz_trio.shell.tun import IFF_VNET_HDR, TunDevice, enable_offloads, open_tun
 from fz_trio.shell.tun_io import (
     READ_BATCH,
+    READ_BATCH_BYTES,
     ReaderHandoff,
     Waker,
     run_inline_reader,
@@ -65,6 +66,10 @@ async def resolve_endpoint(host: str, port: int) -> tuple[str, int]:
 # Bounded channels hold at most this many packets each way (the design card's 1000): items are
 # batches, so the capacity in items is this divided by the largest batch.
 CHANNEL_PACKETS = 1000
+# ... and at most this many bytes: with TUN offloads one read is a 64 KB super-packet, and 1000
+# reads would queue 64 MB (tens of milliseconds of delay at full speed). 512 KB is ~1.5 ms at
+# 3 Gbit/s: what waits in our channels is bounded in time, not only in packets.
+CHANNEL_BYTES = 512 * 1024
 TICK_PACKETS = 100  # packets the loop takes from TUN per tick (two reader batches)
 INBOUND_TICK_PACKETS = 64  # decrypt at least this many before handing a batch to the writers
 _INBOUND_ITEM_MAX = INBOUND_TICK_PACKETS + MAX_SEGMENTS  # the last recvmsg may add up to 64
@@ -217,7 +222,7 @@ class TunnelShell:
         waker = Waker()
         queues = len(self.tun.fds)
         limiter = trio.CapacityLimiter(2 * queues)
-        tun_items = CHANNEL_PACKETS // READ_BATCH
+        tun_items = max(1, min(CHANNEL_PACKETS // READ_BATCH, CHANNEL_BYTES // READ_BATCH_BYTES))
         tun_send, tun_receive = trio.open_memory_channel[list[bytes]](tun_items)
         threads = self.tun_io == "threads"
         handoff = ReaderHandoff(tun_send, tun_items, waker) if threads else None
@@ -228,7 +233,8 @@ class TunnelShell:
                 write_errors = self._count_error("tun_write", threads)
                 for fd in self.tun.fds:
                     writer_send, writer_receive = trio.open_memory_channel[list[bytearray]](
-                        max(1, CHANNEL_PACKETS // _INBOUND_ITEM_MAX))
+                        max(1, min(CHANNEL_PACKETS // _INBOUND_ITEM_MAX,
+                                   CHANNEL_BYTES // (_INBOUND_ITEM_MAX * DEFAULT_MTU))))
                     self._writers.append(writer_send)
                     write_item = self.offload.write_item if self.offload else write_packet
                     if handoff is not None:
@@ -287,6 +293,9 @@ async def build_tunnel(config: Config, *, tun_queues: int = DEFAULT_TUN_QUEUES, 
                 endpoint=endpoints.get(peer.public_key),
                 persistent_keepalive=peer.persistent_keepalive,
             )
+        if datapath_kernels.IMPLEMENTATION != "native":
+            log.warning("data path kernels: the Python twin (%s); expect about a quarter of the "
+                        "throughput", datapath_kernels.REASON)
         log_info(f"interface {config.interface_name} up: mtu {mtu}, udp port {udp.port}, "
                  f"{len(config.peers)} peer(s), {tun_queues} TUN queue(s) ({tun_io}), "
                  f"UDP GSO {'on' if gso else 'off'}, TUN offload {offload_mode or 'off'}, "

@@ -29,7 +29,7 @@ import trio
 # Reads per batch from a reader; the packet loop takes at most two batches per tick. With TUN
 # offloads one read may be a 64 KB super-packet, so a batch also stops at READ_BATCH_BYTES.
 READ_BATCH = 50
-READ_BATCH_BYTES = 256 * 1024
+READ_BATCH_BYTES = 128 * 1024
 _READ_SIZE = 65535 + 10  # the largest packet plus a virtio_net_hdr
 
 # Writes one channel item to a TUN fd. It may raise BlockingIOError (the caller waits and retries
