@@ -10,7 +10,8 @@ nox.options.reuse_existing_virtualenvs = True
 # What runs a second time with FZ_TRIO_PUREPYTHON=1: the twins' own tests, the core driven
 # through the data path, and interop with real peers.
 PUREPYTHON_TESTS = ["tests/datapath", "tests/test_batched_core.py", "tests/test_tunnel.py",
-                    "tests/test_offload_interop.py", "tests/test_interop.py"]
+                    "tests/test_state_machine.py", "tests/test_offload_interop.py",
+                    "tests/test_interop.py"]
 
 
 @nox.session

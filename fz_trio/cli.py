@@ -14,6 +14,7 @@ import trio
 
 from fz_trio import __version__
 from fz_trio.core.crypto import encode_key, generate_private_key, public_key_of
+from fz_trio.shell.tun_io import DEFAULT_TUN_IO
 
 
 class CliError(Exception):
@@ -124,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--interface", help="interface name (default: the config file's stem)")
     up.add_argument("--tun-queues", type=_positive_int, default=1, metavar="N",
                     help="TUN queues, each with a reader and a writer thread (default 1)")
-    up.add_argument("--tun-io", choices=["threads", "inline"], default="threads",
+    up.add_argument("--tun-io", choices=["inline", "threads"], default=DEFAULT_TUN_IO,
                     help="TUN queue I/O on worker threads (default) or on the event loop thread")
     up.add_argument("--no-offload", action="store_true",
                     help="plain TUN I/O: no vnet header, no TSO/USO super-packets")

@@ -121,8 +121,10 @@ class Segments:
     proto: int
     size: int  # payload bytes per segment (gso_size); only the last may carry fewer
     count: int
-    ip_sum: int  # sum of the IPv4 header with length, id and checksum zeroed (0 for IPv6)
-    l4_sum: int  # sum of the L4 header (varying fields zeroed) plus the pseudo-header addresses
+    # The sums of the fixed header parts, computed on the first `write` (the native kernel
+    # computes its own, so planning for it costs no checksum work):
+    ip_sum: int = -1  # the IPv4 header with length, id and checksum zeroed (0 for IPv6)
+    l4_sum: int = -1  # the L4 header (varying fields zeroed) plus the pseudo-header addresses
     ident0: int = 0
     seq0: int = 0
     flags0: int = 0
@@ -173,15 +175,19 @@ class Segments:
             packet=view, payload=view[start:], template=template, version=version, iphl=iphl,
             proto=proto,
             size=gso_size, count=max(1, -(-payload_len // gso_size)),
-            ip_sum=ones_sum(memoryview(template)[:iphl]) if version == 4 else 0,
-            l4_sum=ones_sum(memoryview(template)[iphl:]) + pseudo_header_sum(packet, version,
-                                                                              proto, 0),
             ident0=struct.unpack_from("!H", packet, 4)[0] if version == 4 else 0,
         )
         if proto == PROTO_TCP:
             plan.seq0 = struct.unpack_from("!I", packet, iphl + 4)[0]
             plan.flags0 = packet[iphl + 13]
         return plan
+
+    def _sum_headers(self) -> None:
+        template = memoryview(self.template)
+        iphl = self.iphl
+        self.ip_sum = ones_sum(template[:iphl]) if self.version == 4 else 0
+        self.l4_sum = ones_sum(template[iphl:]) + pseudo_header_sum(self.packet, self.version,
+                                                                      self.proto, 0)
 
     @property
     def destination(self) -> bytes:
@@ -204,6 +210,8 @@ class Segments:
 
     def write(self, i: int, buffer: bytearray, offset: int) -> int:
         """Write segment i at `buffer[offset:]`; returns its length."""
+        if self.l4_sum < 0:
+            self._sum_headers()
         template = self.template
         hl = len(template)
         first = i * self.size
@@ -257,6 +265,8 @@ class Segments:
         hl = len(template)
         size = self.size
         payload = self.payload
+        if self.l4_sum < 0:
+            self._sum_headers()
         ip_sum, l4_sum, ident0, seq0 = self.ip_sum, self.l4_sum, self.ident0, self.seq0
         last = self.count - 1
         total = hl + size

@@ -30,6 +30,7 @@ from fz_trio.datapath import kernels as datapath_kernels
 from fz_trio.shell.netconfig import InterfaceNetwork
 from fz_trio.shell.tun import IFF_VNET_HDR, TunDevice, enable_offloads, open_tun
 from fz_trio.shell.tun_io import (
+    DEFAULT_TUN_IO,
     READ_BATCH,
     READ_BATCH_BYTES,
     ReaderHandoff,
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MTU = 1420
 DEFAULT_TUN_QUEUES = 1  # see docs/performance.md for the measurements behind it
+
 
 
 class ResolveError(Exception):
@@ -93,7 +95,7 @@ class TunnelShell:
     udp: UdpSockets
     network: InterfaceNetwork
     sender: BatchSender
-    tun_io: str = "threads"
+    tun_io: str = DEFAULT_TUN_IO
     offload: TunOffload | None = None
     stats: ShellStats = attrs.Factory(ShellStats)
     _timer_scope: trio.CancelScope | None = None
@@ -266,7 +268,7 @@ async def _wake_when_cancelled(waker: Waker) -> None:
 
 
 async def build_tunnel(config: Config, *, tun_queues: int = DEFAULT_TUN_QUEUES, gso: bool = True,
-                       tun_io: str = "threads", offload: bool = True,
+                       tun_io: str = DEFAULT_TUN_IO, offload: bool = True,
                        log_info: Callable[[str], None] = log.info) -> TunnelShell:
     """Create the device, sockets and routes for `config`; the caller must `close_tunnel` it."""
     iface = config.interface
@@ -337,7 +339,7 @@ def close_tunnel(shell: TunnelShell) -> None:
 
 
 async def run_until_signalled(config: Config, *, tun_queues: int = DEFAULT_TUN_QUEUES,
-                              gso: bool = True, tun_io: str = "threads",
+                              gso: bool = True, tun_io: str = DEFAULT_TUN_IO,
                               offload: bool = True) -> None:
     """`fz-trio up`: run the tunnel until SIGINT/SIGTERM, then tear everything down."""
     shell = await build_tunnel(config, tun_queues=tun_queues, gso=gso, tun_io=tun_io,

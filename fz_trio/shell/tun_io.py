@@ -1,6 +1,6 @@
 """TUN queue I/O, joined to the packet loop by bounded memory channels, in one of two modes.
 
-`threads` (the default, the design card's shape): one reader and one writer thread per queue
+`threads` (the design card's shape): one reader and one writer thread per queue
 fd, each a single long `trio.to_thread.run_sync` call.
 Threads hand over *batches* (lists of packets), never single packets: a thread hop costs tens of
 microseconds, a packet's crypto about two.
@@ -9,9 +9,10 @@ The fds are non-blocking and the threads block in `poll` instead of `read`/`writ
 a shared eventfd: `Waker.wake()` makes every poll return at once, so cancelling the nursery stops
 every thread within a poll round trip, never leaving one blocked in a syscall.
 
-`inline`: the same readers and writers as Trio tasks on the event loop thread, waiting with
-`trio.lowlevel.wait_readable`/`wait_writable`. No thread hops and no GIL hand-overs: on a 2-core
-machine shared by both tunnel ends this moves ~1.4x the bytes (docs/performance.md).
+`inline` (the default): the same readers and writers as Trio tasks on the event loop thread,
+waiting with `trio.lowlevel.wait_readable`/`wait_writable`. No thread hops and no GIL hand-overs:
+on a 2-core machine shared by both tunnel ends this moves more bytes at a lower latency under
+load, native kernels or not (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ from collections.abc import Callable
 from typing import Any
 
 import trio
+
+# TUN I/O on the event loop: with the native kernels it still moves more than worker threads on
+# the 2-core machines we measure on, at lower latency under load (docs/performance.md).
+DEFAULT_TUN_IO = "inline"
 
 # Reads per batch from a reader; the packet loop takes at most two batches per tick. With TUN
 # offloads one read may be a 64 KB super-packet, so a batch also stops at READ_BATCH_BYTES.

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 SO_MARK = getattr(socket, "SO_MARK", 36)
 # connlib asks for large buffers so bursts of a batch don't overflow the kernel queue.
-SOCKET_BUFFER_BYTES = 16 * 1024 * 1024
+SOCKET_BUFFER_BYTES = 256 * 1024
 
 
 class UdpError(Exception):
