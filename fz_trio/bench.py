@@ -305,7 +305,8 @@ def iperf3_run(net: TestNet, server_addr: str, *, seconds: int, reverse: bool = 
         try:
             result = net.run(net.ns_b, *argv, check=False, timeout=seconds + 60)
         finally:
-            ping_out = ping.communicate(timeout=seconds + 10)[0] or ""
+            output = ping.communicate(timeout=seconds + 10)[0]
+            ping_out = output if isinstance(output, str) else ""
         after = {pid: cpu_seconds(pid) for pid in pids}
         try:
             report = json.loads(result.stdout or "{}")

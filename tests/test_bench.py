@@ -8,11 +8,13 @@ from pathlib import Path
 import pytest
 
 from fz_trio import bench
+from fz_trio.datapath import kernels
 
 
 def test_core_bench_tiny() -> None:
-    result = bench.core_bench(batches=3, batch_size=8, packet_size=1400, warmup=1)
-    assert result.packets == 24
+    result = bench.core_bench(batches=3, batch_size=8, packet_size=1400, warmup=1,
+                              twin="python")
+    assert result.packets == 24 and result.kernels == "python"
     for value in (result.encrypt_us_per_packet, result.decrypt_us_per_packet,
                   result.encrypt_gbits, result.decrypt_gbits):
         assert 0 < value < float("inf")
@@ -26,7 +28,9 @@ def test_core_cli_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert bench.main(["core", "--core-batches", "2", "--batch-size", "4",
                        "--json", str(out)]) == 0
     data = json.loads(out.read_text())
-    assert data["core"]["encrypt_us_per_packet"] > 0
+    twins = [core["kernels"] for core in data["core"]]
+    assert twins == ["python"] + (["native"] if kernels.IMPLEMENTATION == "native" else [])
+    assert all(core["encrypt_us_per_packet"] > 0 for core in data["core"])
     assert data["machine"]["nproc"] >= 1
     assert data["runs"] == []
     assert "decrypt" in capsys.readouterr().out

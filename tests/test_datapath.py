@@ -32,25 +32,37 @@ def vm_rss_mb(pid: int) -> float:
     raise AssertionError("no VmRSS")
 
 
+# What the sender's TCP counts when it detects that segments arrived out of order.
+REORDERING = ("TcpExtTCPSACKReorder", "TcpExtTCPTSReorder", "TcpExtTCPRenoReorder")
+
+
 @pytest.mark.parametrize("tun_io", ["threads", "inline"])
 def test_multiqueue_keeps_each_flow_in_order(testnet: TestNet, tun_io: str) -> None:
-    """Four TUN queues on both ends, four parallel TCP flows: the receiver's kernel sees (almost)
-    no out-of-order segments and the sender retransmits (almost) nothing. Bound: both at most
+    """Four TUN queues on both ends, four parallel TCP flows: the sender's kernel detects (almost)
+    no reordering, and retransmits nothing beyond what the tunnel dropped (and counted). Bound:
     0.1% of the MSS-sized packets moved (with TUN offloads the kernel counts a coalesced
     super-packet as one segment, so the packet count comes from the bytes moved)."""
     net = testnet
     pair = TunnelPair(net, server_impl="fz-trio", client_impl="fz-trio",
                       extra_args=["--tun-queues", "4", "--tun-io", tun_io])
     pair.start()
-    before = nstat(net, net.ns_a, "TcpExtTCPOFOQueue", "TcpInSegs")
+    before = nstat(net, net.ns_b, *REORDERING, "TcpOutSegs")
+    lost_before = sum(nstat(net, ns, "UdpRcvbufErrors")["UdpRcvbufErrors"]
+                      for ns in (net.ns_a, net.ns_b))
     result = iperf3(net, seconds=3, streams=4)
-    after = nstat(net, net.ns_a, "TcpExtTCPOFOQueue", "TcpInSegs")
-    segments = after["TcpInSegs"] - before["TcpInSegs"]
-    out_of_order = after["TcpExtTCPOFOQueue"] - before["TcpExtTCPOFOQueue"]
+    after = nstat(net, net.ns_b, *REORDERING, "TcpOutSegs")
+    lost = sum(nstat(net, ns, "UdpRcvbufErrors")["UdpRcvbufErrors"]
+               for ns in (net.ns_a, net.ns_b)) - lost_before
+    segments = after["TcpOutSegs"] - before["TcpOutSegs"]
+    reordered = sum(after[name] - before[name] for name in REORDERING)
     packets = result["mbits"] * 1e6 * 3 / 8 / 1400
     assert packets > 10_000 and segments > 1000, (result, segments)
-    assert out_of_order <= packets / 1000, (out_of_order, packets)
-    assert result["retransmits"] <= packets / 1000, (result, packets)
+    # The sender's kernel detected (almost) no reordering. (Losses do happen: a saturated
+    # tunnel drops at its UDP receive buffer, kept small to bound the delay under load, and TCP
+    # retransmits those; they are counted by the kernel, and they are not reordering.)
+    assert reordered <= packets / 1000, (reordered, packets)
+    # One receive-buffer drop is one GRO skb: up to 64 datagrams.
+    assert result["retransmits"] <= packets / 1000 + 64 * lost, (result, packets, lost)
     for side in (pair.client, pair.server):
         pair.stop_fz_trio(side)
         stats = exit_stats(side)
