@@ -21,7 +21,10 @@ from fz_trio.datapath import Batch
 log = logging.getLogger(__name__)
 
 SO_MARK = getattr(socket, "SO_MARK", 36)
-# connlib asks for large buffers so bursts of a batch don't overflow the kernel queue.
+# When the tunnel is saturated its backlog waits in the receiving socket, so the buffer's size is
+# the delay under load: 16 MiB (connlib's choice) held ~10 ms at 1.2 Gbit/s; 256 KiB (the kernel
+# doubles it) still takes a few GSO bursts and keeps the RTT under load at wireguard-go's
+# (docs/performance.md). Drops past it are the kernel's, counted (UdpRcvbufErrors).
 SOCKET_BUFFER_BYTES = 256 * 1024
 
 
