@@ -296,8 +296,8 @@ async def build_tunnel(config: Config, *, tun_queues: int = DEFAULT_TUN_QUEUES, 
                 persistent_keepalive=peer.persistent_keepalive,
             )
         if datapath_kernels.IMPLEMENTATION != "native":
-            log.warning("data path kernels: the Python twin (%s); expect about a quarter of the "
-                        "throughput", datapath_kernels.REASON)
+            log.warning("data path kernels: the Python twin (%s), 2-4x slower per packet than "
+                        "the native ones", datapath_kernels.REASON)
         log_info(f"interface {config.interface_name} up: mtu {mtu}, udp port {udp.port}, "
                  f"{len(config.peers)} peer(s), {tun_queues} TUN queue(s) ({tun_io}), "
                  f"UDP GSO {'on' if gso else 'off'}, TUN offload {offload_mode or 'off'}, "
