@@ -24,7 +24,7 @@ from typing import Any
 import attrs
 
 from fz_trio.core import ip
-from fz_trio.core.messages import TYPE_TRANSPORT, padded_length
+from fz_trio.core.messages import TRANSPORT_MIN_LEN, TYPE_TRANSPORT, padded_length
 from fz_trio.core.peer import Endpoint, Peer, SendGrant, Transmit
 from fz_trio.core.session import Session
 from fz_trio.core.tunnel import Tunnel
@@ -44,8 +44,7 @@ from fz_trio.datapath.replay import new_window
 
 Buffer = bytes | bytearray | memoryview
 
-TRANSPORT_OVERHEAD = 32  # header + tag
-TRANSPORT_MIN_LEN = TRANSPORT_OVERHEAD
+TRANSPORT_OVERHEAD = TRANSPORT_MIN_LEN  # header + tag: what a transport message adds
 # A transport message must fit one UDP datagram and one GSO buffer.
 MAX_PLAINTEXT = MAX_BATCH_BYTES - TRANSPORT_OVERHEAD
 # Inner source addresses remembered per peer and family as already checked against AllowedIPs.
