@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from typing import TypeVar
 
 import attrs
 
@@ -29,7 +28,7 @@ from fz_trio.core.timers import TimerConfig
 Endpoint = tuple[str, int]
 Transmit = tuple[bytes, Endpoint]
 
-P = TypeVar("P", bytes, bytearray, memoryview, bytes | bytearray | memoryview)
+Buffer = bytes | bytearray | memoryview
 
 # Packets waiting for a session; wireguard-go keeps the same number.
 MAX_STAGED_PACKETS = 128
@@ -145,25 +144,24 @@ class Peer:
             self.initiate_handshake(now, wall, out, retry=False)
         return SendGrant(session.sending_key, session.remote_index, counter, count, endpoint)
 
-    def grant_or_stage(self, packets: Sequence[P], now: float, wall: float,
-                       out: Outbox) -> tuple[SendGrant, Sequence[P]] | None:
-        """A grant for as many of `packets` as the session allows, and those packets; the rest
-        (all of them without a usable session) are staged."""
-        grant = self.grant_send(len(packets), now, wall, out, data=any(map(len, packets)))
+    def grant_or_stage(self, count: int, rest: Callable[[int], Iterable[Buffer]], now: float,
+                       wall: float, out: Outbox, *, data: bool = True) -> SendGrant | None:
+        """A grant for as many of `count` packets as the session allows; the others (all of them
+        without a usable session) are staged, `rest(i)` giving the packets from the i-th on, so
+        a caller whose packets are not objects yet (a super-packet's segments) builds only those
+        that wait."""
+        grant = self.grant_send(count, now, wall, out, data=data)
         if grant is None:
-            self.stage(packets, now, wall, out)
-            return None
-        if grant.count < len(packets):  # the session ran out of counters: the rest waits
-            self.stage(packets[grant.count:], now, wall, out)
-            packets = packets[:grant.count]
-        return grant, packets
+            self.stage(rest(0), now, wall, out)
+        elif grant.count < count:  # the session ran out of counters: the rest waits
+            self.stage(rest(grant.count), now, wall, out)
+        return grant
 
     def count_sent(self, nbytes: int) -> None:
         """Transport bytes sent under a grant (what `wg show` calls transfer sent)."""
         self.tx_bytes += nbytes
 
-    def stage(self, packets: Iterable[bytes | bytearray | memoryview], now: float, wall: float,
-              out: Outbox) -> None:
+    def stage(self, packets: Iterable[Buffer], now: float, wall: float, out: Outbox) -> None:
         """Keep copies of packets until a session exists (the oldest go first when full) and
         start a handshake."""
         for packet in packets:
@@ -182,9 +180,10 @@ class Peer:
 
     def _send(self, packets: Sequence[bytes], now: float, wall: float, out: Outbox) -> None:
         # Granted now, so the timer rules of sending apply in order; the data path seals later.
-        granted = self.grant_or_stage(packets, now, wall, out)
-        if granted is not None:
-            out.seal(self, *granted)
+        grant = self.grant_or_stage(len(packets), lambda i: packets[i:], now, wall, out,
+                                    data=any(map(len, packets)))
+        if grant is not None:
+            out.seal(self, grant, packets[:grant.count])
 
     def _flush_staged(self, now: float, wall: float, out: Outbox) -> None:
         session = self.current

@@ -4,8 +4,8 @@ The protocol core's face towards the data path. It decides *who, with which key 
 where*; it never touches payload bytes in bulk:
 
     tunnel.route(destination)                       # which peer an inner packet goes to
-    tunnel.grant_send(peer, count, now)             # key, receiver index, counters, endpoint
-    tunnel.stage(peer, packets, now)                # no session yet: keep them, handshake
+    tunnel.grant_or_stage(peer, count, rest, now)   # key, receiver index, counters, endpoint;
+                                                    #  what gets none is staged (handshake)
     tunnel.receiving_session(receiver_index)        # which peer and session a datagram is for
     tunnel.session_received(peer, session, ...)     # timers and counters after a run was opened
     tunnel.receive_handshake(datagram, source, now) # handshake and cookie messages
@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 
 from fz_trio.core import messages, noise
 from fz_trio.core.allowed_ips import AllowedIPs, Network
 from fz_trio.core.cookie import CookieChecker
 from fz_trio.core.crypto import CryptoError, public_key_of
 from fz_trio.core.messages import MessageError
-from fz_trio.core.peer import Endpoint, LocalIdentity, Outbox, P, Peer, SendGrant
+from fz_trio.core.peer import Buffer, Endpoint, LocalIdentity, Outbox, Peer, SendGrant
 from fz_trio.core.session import IndexTable, Session
 from fz_trio.core.stats import Counters
 from fz_trio.core.timers import TimerConfig
@@ -141,21 +141,13 @@ class Tunnel:
 
     # --- sending ----------------------------------------------------------------------------
 
-    def grant_send(self, peer: Peer, count: int, now: float, *,
-                   data: bool = True) -> SendGrant | None:
-        """Counters for up to `count` messages to `peer` (see `Peer.grant_send`), None without a
-        usable session: then `stage` the packets."""
-        return peer.grant_send(count, now, now + self.wall_offset, self.outbox, data=data)
-
-    def grant_or_stage(self, peer: Peer, packets: Sequence[P],
-                       now: float) -> tuple[SendGrant, Sequence[P]] | None:
-        """A grant for the packets the session can take now, and those packets; the rest are
-        staged until a session exists (see `Peer.grant_or_stage`)."""
-        return peer.grant_or_stage(packets, now, now + self.wall_offset, self.outbox)
-
-    def stage(self, peer: Peer, packets: Iterable[bytes | bytearray | memoryview],
-              now: float) -> None:
-        peer.stage(packets, now, now + self.wall_offset, self.outbox)
+    def grant_or_stage(self, peer: Peer, count: int, rest: Callable[[int], Iterable[Buffer]],
+                       now: float, *, data: bool = True) -> SendGrant | None:
+        """Counters for up to `count` packets to `peer` (key, receiver index, endpoint too);
+        those beyond the grant, or all without a usable session, are staged until a session
+        exists: `rest(i)` gives the packets from the i-th on (see `Peer.grant_or_stage`)."""
+        return peer.grant_or_stage(count, rest, now, now + self.wall_offset, self.outbox,
+                                   data=data)
 
     def route(self, address: bytes | None) -> Peer | None:
         """The peer whose AllowedIPs hold `address` (4 or 16 bytes), by longest prefix."""

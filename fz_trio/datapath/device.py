@@ -154,9 +154,10 @@ class Device(Tunnel):
             packets = [p for p in packets if len(p) <= MAX_PLAINTEXT]
             if not packets:
                 return
-        granted = self.grant_or_stage(peer, packets, now)
-        if granted is not None:
-            self._seal(peer, *granted)
+        grant = self.grant_or_stage(peer, len(packets), lambda i: packets[i:], now,
+                                    data=any(map(len, packets)))
+        if grant is not None:
+            self._seal(peer, grant, packets[:grant.count])
 
     def _seal(self, peer: Peer, grant: SendGrant, packets: Sequence[Buffer]) -> None:
         """Seal `packets` under `grant`: runs of equal padded length into equal GSO slots."""
@@ -196,13 +197,10 @@ class Device(Tunnel):
         if segments.full_length > MAX_PLAINTEXT:
             self.counters.drop("packet_too_big", count)
             return
-        grant = self.grant_send(peer, count, now)
+        grant = self.grant_or_stage(peer, count, lambda i: segments.packets()[i:], now)
         if grant is None:
-            self.stage(peer, segments.packets(), now)
             return
-        if grant.count < count:  # the session ran out of counters: the rest waits
-            self.stage(peer, segments.packets()[grant.count:], now)
-            count = grant.count
+        count = grant.count
         mtu = self.mtu
         seal = kernels.seal_segments
         key, receiver, endpoint = grant.key, grant.receiver_index, grant.endpoint
