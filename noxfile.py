@@ -56,10 +56,10 @@ def bench(session: nox.Session) -> None:
     """Core micro-benchmark, then iperf3 through every tunnel pair (root, wireguard-go, iperf3).
 
     Options go after `--`: `nox -s bench -- --seconds 5 --pairs wggo-wggo,fz-fz`; see
-    `python -m fz_trio.bench --help` and docs/performance.md.
+    `python -m fz_trio.lab.bench --help` and docs/performance.md.
     """
     session.install("-e", ".")
-    session.run("python", "-m", "fz_trio.bench", *session.posargs)
+    session.run("python", "-m", "fz_trio.lab.bench", *session.posargs)
 
 
 # --- sanitizers and fuzzing of the native kernels -----------------------------------------------

@@ -13,7 +13,7 @@ from functools import partial
 import trio
 
 from fz_trio import __version__
-from fz_trio.core.crypto import encode_key, generate_private_key, public_key_of
+from fz_trio.core import encode_key, generate_private_key, public_key_of
 from fz_trio.shell.tun_io import DEFAULT_TUN_IO
 
 
@@ -72,22 +72,23 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from fz_trio.demo import run_demo
+    from fz_trio.lab.demo import run_demo
 
     _require_root("fz-trio demo")
     return run_demo(seconds=args.seconds, peer=args.peer)
 
 
 def _cmd_repl(args: argparse.Namespace) -> int:
-    from fz_trio.repl import run_live_repl, run_sim_repl
-
     if args.sim:
+        from fz_trio.lab.sim_repl import run_sim_repl
+
         if args.config:
             raise CliError("repl: give a config file or --sim, not both")
         return run_sim_repl(seed=args.seed)
     if not args.config:
         raise CliError("repl: a config file is needed (or --sim for a simulated network)")
     from fz_trio.config import ConfigError, load_config
+    from fz_trio.repl import run_live_repl
     from fz_trio.shell.netconfig import NetConfigError
     from fz_trio.shell.runner import ResolveError
     from fz_trio.shell.tun import TunError

@@ -11,7 +11,6 @@ pasted into a bug report must not leak a key through our error output.
 
 from __future__ import annotations
 
-import base64
 import ipaddress
 import os
 import re
@@ -20,7 +19,8 @@ from pathlib import PurePath
 from typing import Any
 
 import attrs
-from nacl.bindings import crypto_scalarmult_base
+
+from fz_trio.core import decode_key, public_key_of
 
 __all__ = [
     "Config",
@@ -28,7 +28,6 @@ __all__ = [
     "Endpoint",
     "InterfaceConfig",
     "PeerConfig",
-    "decode_key",
     "load_config",
     "parse_config",
 ]
@@ -37,8 +36,6 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-KEY_LEN = 32
-_KEY_B64_LEN = 44  # 32 bytes -> 43 base64 characters + one '='
 
 # The kernel refuses to enable IPv6 on a link below 1280 (RFC 8200); 576 is the IPv4 minimum
 # every host must accept (RFC 791).
@@ -111,26 +108,6 @@ class Config:
 # --------------------------------------------------------------------------------------------
 # Value parsers. Each takes the stripped value text and raises ValueError with a message that is
 # safe to show (never echoing a key).
-
-
-def decode_key(text: str) -> bytes:
-    """Decode a WireGuard key: canonical base64 of exactly 32 bytes, as wg(8) requires."""
-    if len(text) != _KEY_B64_LEN:
-        raise ValueError(
-            f"a key must be {_KEY_B64_LEN} base64 characters encoding {KEY_LEN} bytes, "
-            f"got {len(text)} characters"
-        )
-    if text[-1] != "=" or "=" in text[:-1]:
-        raise ValueError(f"a key must be {_KEY_B64_LEN} base64 characters ending in one '='")
-    try:
-        raw = base64.b64decode(text, validate=True)
-    except ValueError:  # binascii.Error, or non-ASCII text
-        raise ValueError("a key must be valid base64") from None
-    # b64decode ignores the two spare bits of the last character; wg(8) rejects keys where they
-    # are set, so two spellings of one key cannot both be accepted.
-    if len(raw) != KEY_LEN or base64.b64encode(raw).decode("ascii") != text:
-        raise ValueError("a key must be canonical base64 of 32 bytes")
-    return raw
 
 
 def _parse_uint(text: str, low: int, high: int) -> int:
@@ -512,7 +489,7 @@ def _build_config(sections: list[_Section], interface_name: str) -> Config:
     interface = _build_interface(interfaces[0])
     peer_sections = [s for s in sections if s.kind == "Peer"]
     peers = [_build_peer(s) for s in peer_sections]
-    _check_peer_keys(peer_sections, crypto_scalarmult_base(interface.private_key))
+    _check_peer_keys(peer_sections, public_key_of(interface.private_key))
     return Config(interface_name, interface, tuple(_give_allowed_ips_to_last_peer(peers)))
 
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import settings as _hypothesis_settings
 
-from fz_trio import testnet as _tn
+from fz_trio.lab import testnet as _tn
 
 
 def _skip_reason() -> str | None:

@@ -15,9 +15,8 @@ from memnet import MemNet, det_random, private_key
 from test_offload import SuperPacket, tso_packets, uso_packets
 
 from fz_trio.core.timers import TimerConfig
-from fz_trio.datapath import Device
+from fz_trio.datapath import Device, ip_packet
 from fz_trio.datapath.offload import Segments, segment
-from fz_trio.sim import ip_packet
 
 CLIENT = ("198.18.0.2", 40000)
 SERVER = ("198.18.0.1", 51820)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from fz_trio import bench
 from fz_trio.datapath import kernels
+from fz_trio.lab import bench
 
 
 def test_core_bench_tiny() -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fz_trio.core.crypto import encode_key, generate_private_key
+from fz_trio.core import encode_key, generate_private_key
 
 
 def fz(*args: str, input: str | None = None,

@@ -12,8 +12,8 @@ import time
 import pytest
 from tunnel_checks import transfer
 
-from fz_trio.scenario import TunnelPair
-from fz_trio.testnet import TestNet
+from fz_trio.lab.scenario import TunnelPair
+from fz_trio.lab.testnet import TestNet
 
 pytestmark = pytest.mark.netns
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from fz_trio.testnet import TestNet, expect_line
+from fz_trio.lab.testnet import TestNet, expect_line
 
 pytestmark = pytest.mark.netns
 

@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from memnet import det_random, private_key
 
-from fz_trio.core import crypto, noise
+from fz_trio.core import crypto, keys, noise
 from fz_trio.core.cookie import CookieChecker, CookieJar
 from fz_trio.core.messages import CookieReply, Initiation, Response, parse_handshake
 from fz_trio.core.timers import COOKIE_REFRESH_TIME
@@ -113,7 +113,7 @@ def clamp(key: bytes) -> bytes:
 class Side:
     def __init__(self, seed: str) -> None:
         self.private = private_key(seed)
-        self.public = crypto.public_key_of(self.private)
+        self.public = keys.public_key_of(self.private)
 
 
 def initiate(i: Side, r: Side, *, ei: bytes, ts: bytes = noise.tai64n(1_700_000_000.0),

@@ -17,8 +17,8 @@ import pytest
 from tunnel_checks import exit_stats, transfer
 
 from fz_trio.datapath import kernels
-from fz_trio.scenario import Side, TunnelPair
-from fz_trio.testnet import TestNet
+from fz_trio.lab.scenario import Side, TunnelPair
+from fz_trio.lab.testnet import TestNet
 
 pytestmark = pytest.mark.netns
 

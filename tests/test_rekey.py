@@ -17,8 +17,7 @@ import pytest
 from memnet import Datagram, MemNet, det_random, private_key
 
 from fz_trio.core.timers import REJECT_AFTER_TIME, REKEY_AFTER_TIME, TimerConfig
-from fz_trio.datapath import Device
-from fz_trio.sim import udp_packet
+from fz_trio.datapath import Device, udp_packet
 
 A_ADDR = ("192.0.2.1", 51820)
 B_ADDR = ("198.51.100.2", 51820)

@@ -14,8 +14,9 @@ import time
 import pytest
 
 from fz_trio.cli import main
-from fz_trio.scenario import write_config
-from fz_trio.testnet import TestNet, WgPeer, expect_line, genkey, pubkey
+from fz_trio.core import generate_private_key, public_key_of
+from fz_trio.lab.scenario import write_config
+from fz_trio.lab.testnet import TestNet, WgPeer, expect_line
 
 REPL = [sys.executable, "-u", "-m", "fz_trio", "repl"]
 
@@ -86,16 +87,16 @@ def test_repl_command_line_errors(capsys: pytest.CaptureFixture[str]) -> None:
 @pytest.mark.netns
 def test_live_repl_pings_through_the_tunnel_then_eof_removes_it(testnet: TestNet) -> None:
     net = testnet
-    server_key, client_key = genkey(), genkey()
+    server_key, client_key = generate_private_key(), generate_private_key()
     net.start_wireguard_go(
         net.ns_a, f"wga{net.suffix}", private_key=server_key, listen_port=51820,
-        peers=[WgPeer(pubkey(client_key), [f"{net.tunnel_b4}/32", f"{net.tunnel_b6}/128"])],
+        peers=[WgPeer(public_key_of(client_key), [f"{net.tunnel_b4}/32", f"{net.tunnel_b6}/128"])],
         addresses=[f"{net.tunnel_a4}/24", f"{net.tunnel_a6}/64"])
     ifname = f"fzr{net.suffix}"
     conf = net.tmpdir / f"{ifname}.conf"
     write_config(conf, private_key=client_key,
                  addresses=[f"{net.tunnel_b4}/24", f"{net.tunnel_b6}/64"], listen_port=None,
-                 peer_public=pubkey(server_key),
+                 peer_public=public_key_of(server_key),
                  allowed_ips=[f"{net.tunnel_a4}/32", f"{net.tunnel_a6}/128"],
                  endpoint=f"{net.underlay_a}:51820", preshared_key=None)
     script = "\n".join([
@@ -129,8 +130,9 @@ def test_live_repl_sigterm_takes_the_tunnel_down(testnet: TestNet) -> None:
     net = testnet
     ifname = f"fzt{net.suffix}"
     conf = net.tmpdir / f"{ifname}.conf"
-    write_config(conf, private_key=genkey(), addresses=[f"{net.tunnel_b4}/24"], listen_port=None,
-                 peer_public=pubkey(genkey()), allowed_ips=[f"{net.tunnel_a4}/32"],
+    write_config(conf, private_key=generate_private_key(), addresses=[f"{net.tunnel_b4}/24"],
+                 listen_port=None, peer_public=public_key_of(generate_private_key()),
+                 allowed_ips=[f"{net.tunnel_a4}/32"],
                  endpoint=f"{net.underlay_a}:51820", preshared_key=None)
     proc = net.popen(net.ns_b, *REPL, str(conf), env=net.python_env(), stdin=subprocess.PIPE,
                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)

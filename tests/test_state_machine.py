@@ -1,6 +1,6 @@
 """The tunnel as a state machine: random operations on a simulated network, invariants after each.
 
-Three nodes (alice, bob, carol), each a sans-IO `Tunnel`, meet on `fz_trio.sim.SimNetwork` with
+Three nodes (alice, bob, carol), each a sans-IO `Tunnel`, meet on `fz_trio.lab.sim.SimNetwork` with
 the protocol's real timers (REKEY_AFTER_MESSAGES/REJECT_AFTER_MESSAGES lowered to 64/100 so that
 they can be crossed). Hypothesis picks the operations — send packets, let time pass, drop,
 duplicate, delay, partition, roam, restart, reconfigure, forge, replay — and shrinks any failure
@@ -81,17 +81,15 @@ from hypothesis.stateful import (
     rule,
 )
 
-from fz_trio.core import messages
-from fz_trio.core.timers import TimerConfig
-from fz_trio.sim import (
+from fz_trio.core import TimerConfig, format_endpoint, messages
+from fz_trio.datapath import udp_packet
+from fz_trio.lab.sim import (
     Datagram,
     Link,
     SimNetwork,
     SimNode,
     SimObserver,
     describe,
-    format_endpoint,
-    udp_packet,
 )
 
 NAMES = ("alice", "bob", "carol")

@@ -9,20 +9,19 @@ import subprocess
 
 import pytest
 
-from fz_trio.testnet import (
+from fz_trio.core import generate_private_key, public_key_of
+from fz_trio.lab.testnet import (
     WG_SOCKET_DIR,
     TestNet,
     TestNetError,
     WgPeer,
-    genkey,
     list_namespaces,
-    pubkey,
     wait_for,
 )
 
 
-def test_keys_match_wg_pubkey() -> None:
-    priv = genkey()
+def test_keys_match_wg_public_key_of() -> None:
+    priv = generate_private_key()
     assert len(priv) == 32
     assert priv[0] & 7 == 0 and priv[31] & 0x80 == 0 and priv[31] & 0x40  # clamped
     if shutil.which("wg") is None:
@@ -30,7 +29,7 @@ def test_keys_match_wg_pubkey() -> None:
     out = subprocess.run(
         ["wg", "pubkey"], input=base64.b64encode(priv) + b"\n", capture_output=True, check=True
     ).stdout
-    assert base64.b64decode(out.strip()) == pubkey(priv)
+    assert base64.b64decode(out.strip()) == public_key_of(priv)
 
 
 def test_wait_for() -> None:
@@ -63,14 +62,14 @@ def test_wireguard_go_pair_and_teardown(needs_root_netns: None) -> None:
     net = TestNet()
     try:
         net.create()
-        ka, kb = genkey(), genkey()
+        ka, kb = generate_private_key(), generate_private_key()
         wga, wgb = f"wga{net.suffix}", f"wgb{net.suffix}"
         pa = net.start_wireguard_go(
             net.ns_a,
             wga,
             private_key=ka,
             listen_port=51820,
-            peers=[WgPeer(pubkey(kb), [f"{net.tunnel_b4}/32", f"{net.tunnel_b6}/128"])],
+            peers=[WgPeer(public_key_of(kb), [f"{net.tunnel_b4}/32", f"{net.tunnel_b6}/128"])],
             addresses=[f"{net.tunnel_a4}/24", f"{net.tunnel_a6}/64"],
         )
         pb = net.start_wireguard_go(
@@ -80,7 +79,7 @@ def test_wireguard_go_pair_and_teardown(needs_root_netns: None) -> None:
             listen_port=None,
             peers=[
                 WgPeer(
-                    pubkey(ka),
+                    public_key_of(ka),
                     ["100.64.0.0/24", "fd00:64::/64"],
                     endpoint=f"{net.underlay_a}:51820",
                     persistent_keepalive=25,
@@ -95,7 +94,7 @@ def test_wireguard_go_pair_and_teardown(needs_root_netns: None) -> None:
         net.run(net.ns_b, "ping", "-6", "-c", "1", "-W", "3", net.tunnel_a6)
         dump = net.run(net.ns_a, "wg", "show", wga, "dump").stdout.splitlines()
         peer = dump[1].split("\t")
-        assert peer[0] == base64.b64encode(pubkey(kb)).decode()
+        assert peer[0] == base64.b64encode(public_key_of(kb)).decode()
         assert peer[2].startswith(f"{net.underlay_b}:")  # learnt from the handshake over the veth
         assert int(peer[4]) > 0  # latest handshake
 
@@ -116,11 +115,13 @@ def test_wireguard_go_pair_and_teardown(needs_root_netns: None) -> None:
 def test_wireguard_go_interface_names_must_be_unique(testnet: TestNet) -> None:
     name = f"wgx{testnet.suffix}"
     testnet.start_wireguard_go(
-        testnet.ns_a, name, private_key=genkey(), listen_port=None, peers=[], addresses=[]
+        testnet.ns_a, name, private_key=generate_private_key(), listen_port=None, peers=[],
+            addresses=[]
     )
     with pytest.raises(TestNetError, match="unique"):
         testnet.start_wireguard_go(
-            testnet.ns_b, name, private_key=genkey(), listen_port=None, peers=[], addresses=[]
+            testnet.ns_b, name, private_key=generate_private_key(), listen_port=None, peers=[],
+            addresses=[]
         )
 
 
@@ -143,7 +144,8 @@ def test_stale_wireguard_socket_is_replaced(testnet: TestNet) -> None:
         s.bind(str(sock))  # bound, never listening: connect() is refused, like a dead daemon's
     try:
         testnet.start_wireguard_go(
-            testnet.ns_a, name, private_key=genkey(), listen_port=None, peers=[], addresses=[]
+            testnet.ns_a, name, private_key=generate_private_key(), listen_port=None, peers=[],
+            addresses=[]
         )
         assert testnet.run(testnet.ns_a, "wg", "show", name).returncode == 0
     finally:

@@ -13,8 +13,8 @@ import textwrap
 
 import pytest
 
+from fz_trio.lab.testnet import TestNet, expect_line, wait_for
 from fz_trio.shell.tun import TunError, open_tun
-from fz_trio.testnet import TestNet, expect_line, wait_for
 
 
 def _link(net: TestNet, ns: str, ifname: str) -> dict | None:
@@ -172,7 +172,7 @@ ECHO = textwrap.dedent(
     """
     import json, os, select, subprocess, time
     from fz_trio.shell.tun import open_tun
-    from fz_trio.sim import icmp_echo
+    from fz_trio.datapath import icmp_echo
 
     dev = open_tun("fzt0", 2)
     subprocess.run(["ip", "addr", "add", "100.64.0.1/24", "dev", dev.name], check=True)

@@ -25,8 +25,7 @@ from fz_trio.core.timers import (
     TimerConfig,
 )
 from fz_trio.core.tunnel import TunnelError
-from fz_trio.datapath import Device
-from fz_trio.sim import ip_packet, udp_packet
+from fz_trio.datapath import Device, ip_packet, udp_packet
 
 A_ADDR = ("192.0.2.1", 51820)
 B_ADDR = ("198.51.100.2", 51820)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import sys
 
-from fz_trio.scenario import Side
-from fz_trio.testnet import TestNet
+from fz_trio.lab.scenario import Side
+from fz_trio.lab.testnet import TestNet
 
 TRANSFER_BYTES = 50 * 1024 * 1024
 

@@ -8,16 +8,13 @@ packet.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
-import os
 
 import nacl.bindings
 import nacl.exceptions
 from nacl._sodium import ffi, lib
 
-KEY_LEN = 32
 TAG_LEN = 16
 HASH_LEN = 32
 MAC_LEN = 16
@@ -64,22 +61,6 @@ def dh(private_key: bytes, public_key: bytes) -> bytes:
     if not any(shared):
         raise CryptoError("X25519 produced a low-order result")
     return shared
-
-
-def public_key_of(private_key: bytes) -> bytes:
-    return nacl.bindings.crypto_scalarmult_base(private_key)
-
-
-def generate_private_key() -> bytes:
-    """32 random bytes clamped for X25519, the same form `wg genkey` prints."""
-    key = bytearray(os.urandom(KEY_LEN))
-    key[0] &= 248
-    key[31] = (key[31] & 127) | 64
-    return bytes(key)
-
-
-def encode_key(key: bytes) -> str:
-    return base64.b64encode(key).decode("ascii")
 
 
 def aead_encrypt(key: bytes, counter: int, plaintext: bytes, aad: bytes) -> bytes:

@@ -12,8 +12,8 @@ import struct
 
 import attrs
 
-from fz_trio.core import crypto
 from fz_trio.core.crypto import CryptoError, aead_decrypt, aead_encrypt, dh, hash_, kdf
+from fz_trio.core.keys import public_key_of
 from fz_trio.core.messages import Initiation, Response
 
 CONSTRUCTION = b"Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s"
@@ -81,7 +81,7 @@ def create_initiation(
     del local_static_private  # the static-static DH is precomputed per peer
     ck = INITIAL_CHAIN_KEY
     h = hash_(INITIAL_HASH, remote_static)
-    ephemeral_public = crypto.public_key_of(ephemeral_private)
+    ephemeral_public = public_key_of(ephemeral_private)
     (ck,) = kdf(ck, ephemeral_public, 1)
     h = hash_(h, ephemeral_public)
     ck, key = kdf(ck, dh(ephemeral_private, remote_static), 2)
@@ -124,7 +124,7 @@ def create_response(
 ) -> tuple[Response, TransportKeys]:
     """Answer a consumed Initiation: the Response (without macs) and the responder's keys."""
     ck, h = consumed.chaining_key, consumed.hash
-    ephemeral_public = crypto.public_key_of(ephemeral_private)
+    ephemeral_public = public_key_of(ephemeral_private)
     (ck,) = kdf(ck, ephemeral_public, 1)
     h = hash_(h, ephemeral_public)
     try:

@@ -20,12 +20,13 @@ import attrs
 
 from fz_trio.core import crypto, noise
 from fz_trio.core.cookie import CookieJar
+from fz_trio.core.endpoint import Endpoint
+from fz_trio.core.keys import clamp
 from fz_trio.core.messages import CookieReply, Response
 from fz_trio.core.session import IndexTable, Session
 from fz_trio.core.stats import Counters
 from fz_trio.core.timers import TimerConfig
 
-Endpoint = tuple[str, int]
 Transmit = tuple[bytes, Endpoint]
 
 Buffer = bytes | bytearray | memoryview
@@ -207,7 +208,7 @@ class Peer:
         if self.pending is not None:
             self.indices.free(self.pending.local_index)
         local_index = self.indices.allocate(self)
-        ephemeral = _clamp(self.random_bytes(32))
+        ephemeral = clamp(self.random_bytes(32))
         msg, self.pending = noise.create_initiation(
             local_static_private=self.identity.private_key,
             local_static_public=self.identity.public_key,
@@ -283,7 +284,7 @@ class Peer:
         try:
             msg, keys = noise.create_response(
                 consumed, preshared_key=self.preshared_key, local_index=local_index,
-                ephemeral_private=_clamp(self.random_bytes(32)),
+                ephemeral_private=clamp(self.random_bytes(32)),
             )
         except noise.HandshakeError:
             self.indices.free(local_index)
@@ -429,10 +430,3 @@ class Peer:
 
     def sessions(self) -> list[Session]:
         return [s for s in (self.current, self.previous, self.next) if s is not None]
-
-
-def _clamp(key: bytes) -> bytes:
-    clamped = bytearray(key)
-    clamped[0] &= 248
-    clamped[31] = (clamped[31] & 127) | 64
-    return bytes(clamped)

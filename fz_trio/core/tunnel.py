@@ -27,9 +27,11 @@ from collections.abc import Callable, Iterable
 from fz_trio.core import messages, noise
 from fz_trio.core.allowed_ips import AllowedIPs, Network
 from fz_trio.core.cookie import CookieChecker
-from fz_trio.core.crypto import CryptoError, public_key_of
+from fz_trio.core.crypto import CryptoError
+from fz_trio.core.endpoint import Endpoint
+from fz_trio.core.keys import public_key_of
 from fz_trio.core.messages import MessageError
-from fz_trio.core.peer import Buffer, Endpoint, LocalIdentity, Outbox, Peer, SendGrant
+from fz_trio.core.peer import Buffer, LocalIdentity, Outbox, Peer, SendGrant
 from fz_trio.core.session import IndexTable, Session
 from fz_trio.core.stats import Counters
 from fz_trio.core.timers import TimerConfig

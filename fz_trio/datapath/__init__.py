@@ -11,6 +11,14 @@ from fz_trio.datapath.device import MAX_PLAINTEXT, DataPathStats, Device
 from fz_trio.datapath.gso import MAX_BATCH_BYTES, MAX_SEGMENTS, Batch, GsoBatcher
 from fz_trio.datapath.kernels import IMPLEMENTATION, REASON
 from fz_trio.datapath.offload import OffloadError, Segments, VnetHeader
+from fz_trio.datapath.packets import (
+    echo_reply_to,
+    icmp_echo,
+    icmp_echo_message,
+    ip_packet,
+    parse_echo,
+    udp_packet,
+)
 
 __all__ = [
     "IMPLEMENTATION",
@@ -25,4 +33,10 @@ __all__ = [
     "OffloadError",
     "Segments",
     "VnetHeader",
+    "echo_reply_to",
+    "icmp_echo",
+    "icmp_echo_message",
+    "ip_packet",
+    "parse_echo",
+    "udp_packet",
 ]

@@ -23,11 +23,18 @@ from typing import Any
 
 import attrs
 
-from fz_trio.core import ip
-from fz_trio.core.messages import TRANSPORT_MIN_LEN, TYPE_TRANSPORT, padded_length
-from fz_trio.core.peer import Endpoint, Peer, SendGrant, Transmit
-from fz_trio.core.session import Session
-from fz_trio.core.tunnel import Tunnel
+from fz_trio.core import (
+    TRANSPORT_MIN_LEN,
+    TYPE_TRANSPORT,
+    Endpoint,
+    Peer,
+    SendGrant,
+    Session,
+    Transmit,
+    Tunnel,
+    ip,
+    padded_length,
+)
 from fz_trio.datapath import kernels
 from fz_trio.datapath.gso import MAX_BATCH_BYTES, Batch, GsoBatcher
 from fz_trio.datapath.offload import (

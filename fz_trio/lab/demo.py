@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import shutil
 
-from fz_trio.scenario import TunnelPair, iperf3
-from fz_trio.testnet import TestNet, netns_unavailable_reason
+from fz_trio.lab.scenario import TunnelPair, iperf3
+from fz_trio.lab.testnet import TestNet, netns_unavailable_reason
 
 
 def _say(text: str) -> None:

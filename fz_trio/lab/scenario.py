@@ -17,8 +17,8 @@ from typing import Literal
 
 import attrs
 
-from fz_trio.core.crypto import encode_key, generate_private_key, public_key_of
-from fz_trio.testnet import TestNet, WgPeer, wait_for
+from fz_trio.core import encode_key, generate_private_key, public_key_of
+from fz_trio.lab.testnet import TestNet, WgPeer, wait_for
 
 Implementation = Literal["fz-trio", "wireguard-go"]
 LISTEN_PORT = 51820

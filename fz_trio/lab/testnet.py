@@ -17,7 +17,6 @@ last resort.
 from __future__ import annotations
 
 import atexit
-import base64
 import ipaddress
 import os
 import secrets
@@ -35,7 +34,8 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import attrs
-from nacl.bindings import crypto_scalarmult_base
+
+from fz_trio.core import encode_key
 
 __all__ = [
     "NS_PREFIX",
@@ -44,10 +44,8 @@ __all__ = [
     "WgPeer",
     "created_namespaces",
     "expect_line",
-    "genkey",
     "list_namespaces",
     "netns_unavailable_reason",
-    "pubkey",
     "wait_for",
 ]
 
@@ -101,26 +99,6 @@ def netns_unavailable_reason(*, need_wireguard: bool = True) -> str | None:
             if shutil.which(tool) is None:
                 return f"needs `{tool}` (apt-get install wireguard-go wireguard-tools)"
     return None
-
-
-def genkey() -> bytes:
-    """A new X25519 private key, clamped like `wg genkey`."""
-    k = bytearray(secrets.token_bytes(32))
-    k[0] &= 248
-    k[31] &= 127
-    k[31] |= 64
-    return bytes(k)
-
-
-def pubkey(private_key: bytes) -> bytes:
-    """The X25519 public key of `private_key` (like `wg pubkey`)."""
-    if len(private_key) != 32:
-        raise ValueError(f"private key must be 32 bytes, got {len(private_key)}")
-    return crypto_scalarmult_base(private_key)
-
-
-def b64(key: bytes) -> str:
-    return base64.b64encode(key).decode("ascii")
 
 
 def wait_for(
@@ -431,7 +409,7 @@ class TestNet:
         if listen_port is not None:
             wg_set += ["listen-port", str(listen_port)]
         for peer in peers:
-            wg_set += ["peer", b64(peer.public_key)]
+            wg_set += ["peer", encode_key(peer.public_key)]
             if peer.preshared_key is not None:
                 wg_set += ["preshared-key", self._key_file(peer.preshared_key)]
             if peer.endpoint is not None:
@@ -469,7 +447,7 @@ class TestNet:
     def _key_file(self, key: bytes) -> str:
         fd, path = tempfile.mkstemp(dir=self.tmpdir, prefix="key-")
         try:
-            os.write(fd, (b64(key) + "\n").encode("ascii"))
+            os.write(fd, (encode_key(key) + "\n").encode("ascii"))
         finally:
             os.close(fd)
         return path

@@ -39,14 +39,8 @@ from collections.abc import Callable, Iterable
 
 import attrs
 
-from fz_trio.core import messages
-from fz_trio.core.crypto import encode_key
-from fz_trio.core.peer import Peer
-from fz_trio.core.timers import TimerConfig
-from fz_trio.datapath import Device
-from fz_trio.datapath.checksum import checksum_from_sum, ones_sum
-
-Endpoint = tuple[str, int]
+from fz_trio.core import Endpoint, Peer, TimerConfig, clamp, encode_key, format_endpoint, messages
+from fz_trio.datapath import Device, echo_reply_to, icmp_echo, parse_echo
 
 UNDERLAY = ipaddress.IPv4Network("198.18.0.0/15")
 TUNNEL_V4 = ipaddress.IPv4Network("100.64.0.0/10")
@@ -348,10 +342,7 @@ class SimNetwork:
         return node
 
     def _new_private_key(self, name: str, generation: int) -> bytes:
-        key = bytearray(random.Random(f"{self.seed}/{name}/key/{generation}").randbytes(32))
-        key[0] &= 248
-        key[31] = (key[31] & 127) | 64
-        return bytes(key)
+        return clamp(random.Random(f"{self.seed}/{name}/key/{generation}").randbytes(32))
 
     def _new_tunnel(self, name: str, key: bytes, generation: int, mtu: int) -> Device:
         rng = random.Random(f"{self.seed}/{name}/tunnel/{generation}")
@@ -584,12 +575,6 @@ def _name(node: SimNode | str) -> str:
     return node if isinstance(node, str) else node.name
 
 
-def format_endpoint(endpoint: Endpoint) -> str:
-    """host:port, with brackets around an IPv6 host."""
-    host, port = endpoint
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 # --- describing datagrams and packets ----------------------------------------------------------
 
 
@@ -648,79 +633,3 @@ class Tracer(SimObserver):
         self.write(f"[{self.net.now:9.3f}] {node.name:>6} <- TUN: {describe_packet(packet)}")
 
 
-# --- building IP packets -------------------------------------------------------------------------
-
-
-def ip_packet(src: str, dst: str, payload: bytes, protocol: int) -> bytes:
-    """An IPv4 or IPv6 packet (by the addresses' family) around `payload`."""
-    source, destination = ipaddress.ip_address(src), ipaddress.ip_address(dst)
-    if source.version != destination.version:
-        raise ValueError("source and destination must be of one family")
-    if source.version == 4:
-        header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 0, 0x4000, 64,
-                             protocol, 0, source.packed, destination.packed)
-        header = header[:10] + struct.pack("!H", checksum_from_sum(ones_sum(header))) + header[12:]
-        return header + payload
-    return struct.pack("!IHBB16s16s", 6 << 28, len(payload), protocol, 64, source.packed,
-                       destination.packed) + payload
-
-
-def udp_packet(src: str, dst: str, payload: bytes, sport: int = 40000, dport: int = 9) -> bytes:
-    """A UDP datagram inside an IP packet (checksum left 0: legal for IPv4, ignored here)."""
-    return ip_packet(src, dst, struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload,
-                     17)
-
-
-def _icmp_checksum(src: str, dst: str, message: bytes) -> int:
-    source, destination = ipaddress.ip_address(src), ipaddress.ip_address(dst)
-    if source.version == 4:
-        return checksum_from_sum(ones_sum(message))
-    pseudo = source.packed + destination.packed + struct.pack("!I3xB", len(message), 58)
-    return checksum_from_sum(ones_sum(pseudo + message))
-
-
-def icmp_echo_message(src: str, dst: str, ident: int, seq: int, payload: bytes = b"",
-                      reply: bool = False) -> bytes:
-    """The ICMP (or ICMPv6) echo request or reply message itself, with its checksum."""
-    v6 = ipaddress.ip_address(src).version == 6
-    kind = (129 if reply else 128) if v6 else (0 if reply else 8)
-    message = struct.pack("!BBHHH", kind, 0, 0, ident, seq) + payload
-    return message[:2] + struct.pack("!H", _icmp_checksum(src, dst, message)) + message[4:]
-
-
-def icmp_echo(src: str, dst: str, ident: int, seq: int, payload: bytes = b"",
-              reply: bool = False) -> bytes:
-    """An ICMP (or ICMPv6) echo request or reply in its IP packet, checksums and all."""
-    message = icmp_echo_message(src, dst, ident, seq, payload, reply)
-    return ip_packet(src, dst, message, 58 if ":" in src else 1)
-
-
-def parse_echo(packet: bytes) -> tuple[str, str, str, int, int] | None:
-    """("request" or "reply", source, destination, identifier, sequence) of an echo packet."""
-    if len(packet) >= 28 and packet[0] >> 4 == 4 and packet[9] == 1:
-        ihl = (packet[0] & 0xF) * 4
-        kinds = {8: "request", 0: "reply"}
-        src = str(ipaddress.IPv4Address(packet[12:16]))
-        dst = str(ipaddress.IPv4Address(packet[16:20]))
-        icmp = packet[ihl:]
-    elif len(packet) >= 48 and packet[0] >> 4 == 6 and packet[6] == 58:
-        kinds = {128: "request", 129: "reply"}
-        src = str(ipaddress.IPv6Address(packet[8:24]))
-        dst = str(ipaddress.IPv6Address(packet[24:40]))
-        icmp = packet[40:]
-    else:
-        return None
-    if len(icmp) < 8 or icmp[0] not in kinds:
-        return None
-    ident, seq = struct.unpack_from("!HH", icmp, 4)
-    return kinds[icmp[0]], src, dst, ident, seq
-
-
-def echo_reply_to(packet: bytes, own_addresses: Iterable[str]) -> bytes | None:
-    """The reply a host would send to an echo request for one of `own_addresses`, else None."""
-    echo = parse_echo(packet)
-    if echo is None or echo[0] != "request" or echo[2] not in own_addresses:
-        return None
-    _, src, dst, ident, seq = echo
-    payload_at = ((packet[0] & 0xF) * 4 if packet[0] >> 4 == 4 else 40) + 8
-    return icmp_echo(dst, src, ident, seq, packet[payload_at:], reply=True)

@@ -1,12 +1,12 @@
 """Benchmarks: the sans-IO core alone (µs per packet) and iperf3 TCP end to end through tunnels.
 
-    python -m fz_trio.bench                  # core micro-benchmark, then every pair end to end
-    python -m fz_trio.bench core             # only the core micro-benchmark
-    python -m fz_trio.bench e2e --pairs wggo-wggo,fz-fz --seconds 5
-    python -m fz_trio.bench --fz-args=--no-offload --label no-offload
-    python -m fz_trio.bench --pairs wggo-wggo,fz-fz --variants "default;--tun-queues 1"
+    python -m fz_trio.lab.bench                  # core micro-benchmark, then every pair end to end
+    python -m fz_trio.lab.bench core             # only the core micro-benchmark
+    python -m fz_trio.lab.bench e2e --pairs wggo-wggo,fz-fz --seconds 5
+    python -m fz_trio.lab.bench --fz-args=--no-offload --label no-offload
+    python -m fz_trio.lab.bench --pairs wggo-wggo,fz-fz --variants "default;--tun-queues 1"
 
-End to end, every pair runs on a fresh test network (fz_trio.testnet: two namespaces and a veth;
+End to end, every pair runs on a fresh test network (fz_trio.lab.testnet: two namespaces and a veth;
 nothing leaves them) and is measured in both directions — "up" is client (namespace B) to server
 (namespace A), "down" is the reverse (iperf3 -R) — with each stream count. Pair names are
 CLIENT-SERVER:
@@ -44,11 +44,10 @@ from typing import Any
 
 import attrs
 
-from fz_trio.core.crypto import generate_private_key
-from fz_trio.datapath import Device, _pykernels, kernels
-from fz_trio.scenario import Implementation, TunnelPair
-from fz_trio.sim import udp_packet
-from fz_trio.testnet import TestNet, netns_unavailable_reason, wait_for
+from fz_trio.core import generate_private_key
+from fz_trio.datapath import Device, _pykernels, kernels, udp_packet
+from fz_trio.lab.scenario import Implementation, TunnelPair
+from fz_trio.lab.testnet import TestNet, netns_unavailable_reason, wait_for
 
 __all__ = [
     "PAIRS",
@@ -603,7 +602,7 @@ def _format_machine(info: dict[str, Any]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m fz_trio.bench",
+        prog="python -m fz_trio.lab.bench",
         description="Benchmark fz-trio: the sans-IO core alone, and iperf3 TCP end to end through "
                     "tunnels in throw-away network namespaces (needs root, wireguard-go, iperf3).",
         epilog="Pairs are CLIENT-SERVER: " + ", ".join(PAIRS) + ". Options whose value starts "
