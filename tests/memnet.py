@@ -37,8 +37,10 @@ Hook = Callable[[Datagram], "list[tuple[bytes, float]] | None"]
 
 
 class MemNet:
-    def __init__(self, latency: float | Callable[[Datagram], float] = 0.0, now: float = 0.0):
+    def __init__(self, latency: float | Callable[[Datagram], float] = 0.0, now: float = 0.0,
+                 wall_epoch: float = 1_700_000_000.0):
         self.now = now
+        self.wall_epoch = wall_epoch  # the wall clock at now == 0
         self.latency = latency
         self.hook: Hook | None = None
         self.on_deliver: Callable[[Datagram], None] | None = None  # sees each arrival first
@@ -48,6 +50,10 @@ class MemNet:
         self.undeliverable: list[Datagram] = []
         self._queue: list[tuple[float, int, Endpoint, Endpoint, bytes]] = []
         self._seq = itertools.count()
+
+    @property
+    def wall(self) -> float:
+        return self.wall_epoch + self.now
 
     # --- topology ---------------------------------------------------------------------------
 
@@ -68,12 +74,12 @@ class MemNet:
 
     def send(self, tunnel: Device, packet: bytes) -> None:
         """`tunnel` reads `packet` from its TUN now."""
-        tunnel.send_packet(packet, self.now)
+        tunnel.send_packet(packet, self.now, self.wall)
         self.flush()
 
     def inject(self, tunnel: Device, data: bytes, source: Endpoint) -> None:
         """Hand `tunnel` a datagram from anywhere (an attacker, a replay) right now."""
-        tunnel.receive_datagram(data, source, self.now)
+        tunnel.receive_datagram(data, source, self.now, self.wall)
         self.flush()
 
     def flush(self) -> None:
@@ -116,12 +122,12 @@ class MemNet:
                     continue
                 if self.on_deliver is not None:
                     self.on_deliver(Datagram(self.now, src, dst, data))
-                tunnel.receive_datagram(data, src, self.now)
+                tunnel.receive_datagram(data, src, self.now, self.wall)
                 self.flush()
             for tunnel in list(self.nodes.values()):
                 deadline = tunnel.poll_timeout()
                 if deadline is not None and deadline <= self.now:
-                    tunnel.handle_timeout(self.now)
+                    tunnel.handle_timeout(self.now, self.wall)
                     self.flush()
         self.now = max(self.now, end)
 

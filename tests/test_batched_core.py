@@ -20,6 +20,7 @@ from fz_trio.datapath.offload import Segments, segment
 
 CLIENT = ("198.18.0.2", 40000)
 SERVER = ("198.18.0.1", 51820)
+WALL = 1_700_000_000.0  # the wall clock at now == 0
 EVERYTHING = ["0.0.0.0/0", "::/0"]
 
 SETTINGS = settings(max_examples=60, deadline=None,
@@ -48,7 +49,7 @@ def pump(client: Device, server: Device, now: float) -> list[bytes]:
 def connected(timers: TimerConfig | None = None) -> tuple[Device, Device]:
     client, server = pair(timers)
     # Staged until the handshake it starts completes.
-    client.send_packet(ip_packet("100.64.0.2", "100.64.0.1", bytes(80), 17), 1.0)
+    client.send_packet(ip_packet("100.64.0.2", "100.64.0.1", bytes(80), 17), 1.0, WALL + 1.0)
     assert len(pump(client, server, 1.0)) == 1
     assert client.peers[server.public_key].current is not None
     return client, server
@@ -62,15 +63,15 @@ super_packets = st.one_of(tso_packets(), uso_packets())
 def test_send_segments_delivers_what_segment_gives(sp: SuperPacket) -> None:
     expected = [bytes(p) for p in segment(sp.hdr, sp.packet)]
     client, server = connected()
-    client.send_segments(Segments.of(sp.hdr, sp.packet), 2.0)
+    client.send_segments(Segments.of(sp.hdr, sp.packet), 2.0, WALL + 2.0)
     batches = client.take_batches()
     lengths = [len(d) for b in batches for d in b.datagrams()]
     client.recycle(batches)
     # The same packets one by one, on a second pair: the datagram lengths (padding) must match.
     client2, _ = connected()
-    client2.send_packets(expected, 2.0)
+    client2.send_packets(expected, 2.0, WALL + 2.0)
     assert [len(d) for d, _ in client2.take_transmits()] == lengths
-    client.send_segments(Segments.of(sp.hdr, sp.packet), 2.0)
+    client.send_segments(Segments.of(sp.hdr, sp.packet), 2.0, WALL + 2.0)
     assert pump(client, server, 2.0) == expected
     assert client.counters.packets_to_network >= len(expected)
 
@@ -80,7 +81,7 @@ def test_send_segments_delivers_what_segment_gives(sp: SuperPacket) -> None:
 def test_send_segments_without_a_session_stages_every_segment(sp: SuperPacket) -> None:
     expected = [bytes(p) for p in segment(sp.hdr, sp.packet)]
     client, server = pair()
-    client.send_segments(Segments.of(sp.hdr, sp.packet), 1.0)
+    client.send_segments(Segments.of(sp.hdr, sp.packet), 1.0, WALL + 1.0)
     peer = client.peers[server.public_key]
     assert len(peer.staged) == min(len(expected), peer.staged.maxlen)
     assert pump(client, server, 1.0) == expected[-peer.staged.maxlen:]
@@ -97,7 +98,7 @@ def test_send_segments_never_seals_past_reject_after_messages(sp: SuperPacket,
     assert session is not None
     session.send_counter = limit - budget
     segments = Segments.of(sp.hdr, sp.packet)
-    client.send_segments(segments, 2.0)
+    client.send_segments(segments, 2.0, WALL + 2.0)
     assert session.send_counter <= limit
     sealed_with_it = session.send_counter - (limit - budget)
     assert sealed_with_it == min(budget, segments.count)
@@ -109,7 +110,7 @@ def test_send_segments_counts_a_super_packet_without_a_route() -> None:
     server = Device(private_key("server"), random_bytes=det_random("s"))
     client.add_peer(server.public_key, allowed_ips=["100.64.0.0/10"], endpoint=SERVER)
     sp = next(iter(_examples(tso_packets(version=6))))
-    client.send_segments(Segments.of(sp.hdr, sp.packet), 1.0)
+    client.send_segments(Segments.of(sp.hdr, sp.packet), 1.0, WALL + 1.0)
     assert client.counters.drops["no_route"] == Segments.of(sp.hdr, sp.packet).count
     assert client.take_transmits() == []
 

@@ -108,12 +108,12 @@ def endpoint_from_unauthenticated_packets(mp: pytest.MonkeyPatch) -> None:
     receive = Device.receive_batch
 
     def roam_first(self: Device, data: bytes, nbytes: int, size: int,
-                   source: tuple[str, int], now: float) -> None:
+                   source: tuple[str, int], now: float, wall: float) -> None:
         if nbytes >= 8:
             entry = self.indices.get(struct.unpack_from("<I", data, 4)[0])
             if entry is not None:
                 entry[0].endpoint = tunnel_module.normalise(source)
-        receive(self, data, nbytes, size, source, now)
+        receive(self, data, nbytes, size, source, now, wall)
 
     mp.setattr(Device, "receive_batch", roam_first)
 

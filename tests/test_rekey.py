@@ -100,10 +100,8 @@ class Run:
 def setup(timers: TimerConfig, seed: int, max_latency: float = 0.3) -> Run:
     rng = random.Random(seed)
     net = MemNet(latency=lambda d: rng.uniform(0.05, max_latency))
-    a = Device(private_key("a"), timers=timers, random_bytes=det_random(f"a{seed}"),
-               wall_offset=WALL)
-    b = Device(private_key("b"), timers=timers, random_bytes=det_random(f"b{seed}"),
-               wall_offset=WALL)
+    a = Device(private_key("a"), timers=timers, random_bytes=det_random(f"a{seed}"))
+    b = Device(private_key("b"), timers=timers, random_bytes=det_random(f"b{seed}"))
     a.add_peer(b.public_key, allowed_ips=["10.0.0.2/32"], endpoint=B_ADDR)
     b.add_peer(a.public_key, allowed_ips=["10.0.0.1/32"], endpoint=A_ADDR)
     net.add(A_ADDR, a)

@@ -43,7 +43,6 @@ v6 = v4  # the IP version follows the addresses
 
 
 def make_tunnel(name: str, **kwargs: object) -> Device:
-    kwargs.setdefault("wall_offset", WALL)
     return Device(private_key(name), random_bytes=det_random(name), **kwargs)  # type: ignore[arg-type]
 
 
@@ -374,7 +373,7 @@ def test_garbage_never_raises_and_is_counted(connected: Pair, data: bytes, as_ty
     for t, peer in ((connected.a, connected.a_peer), (connected.b, connected.b_peer)):
         before = total_drops(t)
         endpoint = peer.endpoint
-        t.receive_datagram(as_type(data), source, connected.net.now)
+        t.receive_datagram(as_type(data), source, connected.net.now, connected.net.wall)
         assert total_drops(t) == before + 1
         assert t.take_transmits() == []
         assert t.take_tun_packets() == []
@@ -521,7 +520,7 @@ def test_keepalives_stop_data_triggered_handshake() -> None:
 
 def test_persistent_keepalive_at_its_interval() -> None:
     p = make_pair(a_keepalive=25.0)
-    p.a.start(p.net.now)  # a peer with a persistent keepalive handshakes at once
+    p.a.start(p.net.now, p.net.wall)  # a peer with a persistent keepalive handshakes at once
     p.net.run_for(110.0)
     assert p.a.counters.handshakes_completed == 1
     keepalives = [d.sent_at for d in sent_by(p.net, A_ADDR) if is_keepalive(d)]
@@ -637,7 +636,7 @@ def test_initiation_flood_from_one_peer_is_ignored() -> None:
     def initiation_from_restarted_a(at: float) -> bytes:
         again = make_tunnel("a")  # same key, fresh state: as if A restarted
         again.add_peer(b.public_key, allowed_ips=["10.0.0.2/32"], endpoint=B_ADDR)
-        again.send_packet(p.ab(), at)
+        again.send_packet(p.ab(), at, WALL + at)
         (data, _), = again.take_transmits()
         return data
 
@@ -668,9 +667,9 @@ def test_replayed_initiation_is_not_answered() -> None:
     assert b.counters.drops["handshake_replayed_timestamp"] == 1
     assert p.b_peer.current is current and p.b_peer.next is None
     # Same for an initiator whose clock is behind the last accepted timestamp.
-    behind = make_tunnel("a", wall_offset=WALL - 60)
+    behind = make_tunnel("a")
     behind.add_peer(b.public_key, allowed_ips=["10.0.0.2/32"], endpoint=B_ADDR)
-    behind.send_packet(p.ab(), net.now)
+    behind.send_packet(p.ab(), net.now, net.wall - 60)
     (data, _), = behind.take_transmits()
     net.inject(b, data, A_ADDR)
     assert b.counters.drops["handshake_replayed_timestamp"] == 2
@@ -681,7 +680,7 @@ def test_initiation_from_unknown_key_is_not_answered() -> None:
     p = make_pair()
     eve = make_tunnel("eve")
     eve.add_peer(p.b.public_key, allowed_ips=["10.0.0.2/32"], endpoint=B_ADDR)
-    eve.send_packet(v4("10.0.0.66", "10.0.0.2"), 0.0)
+    eve.send_packet(v4("10.0.0.66", "10.0.0.2"), 0.0, WALL)
     (data, _), = eve.take_transmits()
     p.net.inject(p.b, data, EVIL)
     assert p.b.counters.drops["unknown_peer"] == 1
@@ -943,7 +942,8 @@ def test_ipv4_mapped_source_is_the_same_endpoint() -> None:
     p.net.hook = lambda d: []  # we deliver by hand
     p.net.send(p.b, p.ba(b"via a dual-stack socket"))
     datagram = p.net.wire[-1].data
-    p.a.receive_datagram(datagram, ("::ffff:198.51.100.2", 51820, 0, 0), p.net.now)
+    p.a.receive_datagram(datagram, ("::ffff:198.51.100.2", 51820, 0, 0), p.net.now,
+                         p.net.wall)
     assert p.a.take_tun_packets() == [p.ba(b"via a dual-stack socket")]
     assert p.a_peer.endpoint == B_ADDR
 
@@ -962,7 +962,7 @@ def test_send_packets_routes_a_batch_like_send_packet_does() -> None:
     batch = [v4("10.0.0.1", "10.0.0.2", bytes([i]) * 30) for i in range(3)]
     batch += [v4("10.0.0.1", "10.0.0.3"), v6("fd00::1", "fd00::3"), v4("10.0.0.1", "10.9.9.9"),
               b"\x00" * 10, v4("10.0.0.1", "10.0.0.2", b"last")]
-    hub.send_packets(batch, net.now)
+    hub.send_packets(batch, net.now, net.wall)
     net.run_for(1.0)
     assert net.tun[b] == batch[:3] + [batch[7]]
     assert net.tun[c] == batch[3:5]

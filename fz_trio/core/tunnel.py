@@ -4,16 +4,17 @@ The protocol core's face towards the data path. It decides *who, with which key 
 where*; it never touches payload bytes in bulk:
 
     tunnel.route(destination)                       # which peer an inner packet goes to
-    tunnel.grant_or_stage(peer, count, rest, now)   # key, receiver index, counters, endpoint;
+    tunnel.grant_or_stage(peer, count, rest, now, wall)  # key, receiver index, counters, endpoint;
                                                     #  what gets none is staged (handshake)
     tunnel.receiving_session(receiver_index)        # which peer and session a datagram is for
     tunnel.session_received(peer, session, ...)     # timers and counters after a run was opened
-    tunnel.receive_handshake(datagram, source, now) # handshake and cookie messages
-    tunnel.handle_timeout(now)                      # when now >= tunnel.poll_timeout()
+    tunnel.receive_handshake(datagram, source, now, wall)  # handshake and cookie messages
+    tunnel.handle_timeout(now, wall)                # when now >= tunnel.poll_timeout()
     tunnel.take_outbox()                            # what the core itself wants sent
 
-`now` is a monotonic time in seconds chosen by the caller; the wall clock (needed only for the
-handshake's TAI64N timestamp) is `now + wall_offset`, which the caller keeps current.
+`now` is a monotonic time in seconds chosen by the caller; `wall`, passed beside it, is the wall
+clock at that moment (Unix seconds), needed only for the handshake's TAI64N timestamp and the
+time of the latest handshake. The core reads no clock of its own.
 `fz_trio.datapath.Device` joins this core to the data path. Bad input never raises: it is dropped
 and counted in `counters`.
 """
@@ -53,7 +54,6 @@ class Tunnel:
         mtu: int = 1420,
         timers: TimerConfig | None = None,
         random_bytes: Callable[[int], bytes] = os.urandom,
-        wall_offset: float = 0.0,
         under_load_threshold: int = DEFAULT_UNDER_LOAD_THRESHOLD,
     ) -> None:
         if len(private_key) != 32:
@@ -62,7 +62,6 @@ class Tunnel:
         self.mtu = mtu
         self.timers = timers or TimerConfig()
         self.random_bytes = random_bytes
-        self.wall_offset = wall_offset
         self.counters = Counters()
         self.peers: dict[bytes, Peer] = {}
         self.allowed_ips: AllowedIPs[Peer] = AllowedIPs()
@@ -134,9 +133,8 @@ class Tunnel:
     def set_preshared_key(self, public_key: bytes, preshared_key: bytes | None) -> None:
         self.peers[public_key].preshared_key = preshared_key or bytes(32)
 
-    def start(self, now: float) -> None:
+    def start(self, now: float, wall: float) -> None:
         """Bring the tunnel up: peers with a persistent keepalive handshake at once, like wg."""
-        wall = now + self.wall_offset
         for peer in self.peers.values():
             if peer.persistent_keepalive and peer.endpoint is not None:
                 peer.send_keepalive(now, wall, self.outbox)
@@ -144,12 +142,11 @@ class Tunnel:
     # --- sending ----------------------------------------------------------------------------
 
     def grant_or_stage(self, peer: Peer, count: int, rest: Callable[[int], Iterable[Buffer]],
-                       now: float, *, data: bool = True) -> SendGrant | None:
+                       now: float, wall: float, *, data: bool = True) -> SendGrant | None:
         """Counters for up to `count` packets to `peer` (key, receiver index, endpoint too);
         those beyond the grant, or all without a usable session, are staged until a session
         exists: `rest(i)` gives the packets from the i-th on (see `Peer.grant_or_stage`)."""
-        return peer.grant_or_stage(count, rest, now, now + self.wall_offset, self.outbox,
-                                   data=data)
+        return peer.grant_or_stage(count, rest, now, wall, self.outbox, data=data)
 
     def route(self, address: bytes | None) -> Peer | None:
         """The peer whose AllowedIPs hold `address` (4 or 16 bytes), by longest prefix."""
@@ -164,8 +161,7 @@ class Tunnel:
                 cache.clear()
             return peer
 
-    def handle_timeout(self, now: float) -> None:
-        wall = now + self.wall_offset
+    def handle_timeout(self, now: float, wall: float) -> None:
         for peer in list(self.peers.values()):
             deadline = peer.next_deadline()
             if deadline is not None and now >= deadline:
@@ -192,25 +188,26 @@ class Tunnel:
         return entry  # type: ignore[return-value]
 
     def session_received(self, peer: Peer, session: Session, datagram_bytes: int,
-                         plain_bytes: int, source: Endpoint, now: float) -> None:
+                         plain_bytes: int, source: Endpoint, now: float,
+                         wall: float) -> None:
         """Bookkeeping after the data path authenticated `datagram_bytes` of transport messages
         (`plain_bytes` of plaintext) from `source` on `session`."""
         if datagram_bytes:
             peer.session_received(session, datagram_bytes, plain_bytes, normalise(source), now,
-                                  now + self.wall_offset, self.outbox)
+                                  wall, self.outbox)
 
     def source_allowed(self, peer: Peer, address: bytes | None) -> bool:
         """Cryptokey routing on receipt: may `peer` send packets from inner source `address`?"""
         return address is not None and self.route(address) is peer
 
     def receive_handshake(self, data: bytes | bytearray | memoryview, source: Endpoint,
-                          now: float) -> None:
+                          now: float, wall: float) -> None:
         """A UDP datagram that is not transport data: handshake messages and cookie replies."""
         kind = messages.message_type(data)
         if kind in (0, messages.TYPE_TRANSPORT):
             self.counters.drop("malformed")
             return
-        self._receive_handshake(bytes(data), normalise(source), now)
+        self._receive_handshake(bytes(data), normalise(source), now, wall)
 
     def _under_load(self, now: float) -> bool:
         if now - self._handshake_window_start >= 1.0:
@@ -221,7 +218,8 @@ class Tunnel:
             self._under_load_until = now + _UNDER_LOAD_HOLD
         return self.force_under_load or now < self._under_load_until
 
-    def _receive_handshake(self, data: bytes, source: Endpoint, now: float) -> None:
+    def _receive_handshake(self, data: bytes, source: Endpoint, now: float,
+                           wall: float) -> None:
         try:
             msg = messages.parse_handshake(data)
         except MessageError:
@@ -240,7 +238,6 @@ class Tunnel:
             self.outbox.transmit(reply.pack(), source)
             self.counters.cookie_replies_sent += 1
             return
-        wall = now + self.wall_offset
         if isinstance(msg, messages.Initiation):
             try:
                 consumed = noise.consume_initiation(

@@ -5,10 +5,10 @@ Device cuts what arrives into runs and hands each run to one kernel call (`kerne
 of packets or the segments of a TSO/USO super-packet into GSO slots, open the run of datagrams of
 one UDP GRO read that belongs to one session. Inputs and outputs:
 
-    device.send_packets(ip_packets, now)           # from TUN (send_packet: one)
-    device.send_reads(vnet_reads, now)             # from a TUN opened with IFF_VNET_HDR
-    device.receive_batch(buffer, n, size, src, now)  # one UDP GRO read (receive_datagram: one)
-    device.handle_timeout(now)                     # when now >= device.poll_timeout()
+    device.send_packets(ip_packets, now, wall)      # from TUN (send_packet: one)
+    device.send_reads(vnet_reads, now, wall)        # from a TUN opened with IFF_VNET_HDR
+    device.receive_batch(buf, n, size, src, now, wall)  # a UDP GRO read (receive_datagram: one)
+    device.handle_timeout(now, wall)                # when now >= device.poll_timeout()
     device.take_batches() / recycle(batches)       # GSO batches for UDP (take_transmits: each)
     device.take_tun_packets()                      # plaintext packets for TUN
 
@@ -84,16 +84,16 @@ class Device(Tunnel):
 
     # --- from TUN -----------------------------------------------------------------------------
 
-    def send_packet(self, packet: Buffer, now: float) -> None:
-        self.send_packets((packet,), now)
+    def send_packet(self, packet: Buffer, now: float, wall: float) -> None:
+        self.send_packets((packet,), now, wall)
 
-    def send_packets(self, packets: Iterable[Buffer], now: float) -> None:
+    def send_packets(self, packets: Iterable[Buffer], now: float, wall: float) -> None:
         """IP packets read from TUN: routed by destination; consecutive packets to one peer are
         sealed as one run."""
-        self._route_and_seal(packets, now)
-        self._flush_outbox(now)
+        self._route_and_seal(packets, now, wall)
+        self._flush_outbox()
 
-    def send_reads(self, reads: Iterable[Buffer], now: float) -> int:
+    def send_reads(self, reads: Iterable[Buffer], now: float, wall: float) -> int:
         """TUN reads that start with a virtio_net_hdr: plain packets (a partial checksum is
         completed) and TSO/USO super-packets, each super-packet sealed in runs of its segments.
         Returns how many packets the reads carried; a malformed read is a counted drop."""
@@ -117,24 +117,24 @@ class Device(Tunnel):
                 continue
             if plain:  # keep the order of the reads
                 count += len(plain)
-                self._route_and_seal(plain, now)
+                self._route_and_seal(plain, now, wall)
                 plain = []
             self.stats.super_packets_read += 1
             self.stats.segments_from_super_packets += segments.count
             count += segments.count
-            self._send_segments(segments, now)
+            self._send_segments(segments, now, wall)
         if plain:
             count += len(plain)
-            self._route_and_seal(plain, now)
-        self._flush_outbox(now)
+            self._route_and_seal(plain, now, wall)
+        self._flush_outbox()
         return count
 
-    def send_segments(self, segments: Segments, now: float) -> None:
+    def send_segments(self, segments: Segments, now: float, wall: float) -> None:
         """The segments of a TUN super-packet: routed once, built and sealed in runs."""
-        self._send_segments(segments, now)
-        self._flush_outbox(now)
+        self._send_segments(segments, now, wall)
+        self._flush_outbox()
 
-    def _route_and_seal(self, packets: Iterable[Buffer], now: float) -> None:
+    def _route_and_seal(self, packets: Iterable[Buffer], now: float, wall: float) -> None:
         run: list[Buffer] = []
         run_peer: Peer | None = None
         last_destination: bytes | None = None
@@ -149,19 +149,19 @@ class Device(Tunnel):
                 continue
             if peer is not run_peer:
                 if run_peer is not None:
-                    self._send_run(run_peer, run, now)
+                    self._send_run(run_peer, run, now, wall)
                 run, run_peer = [], peer
             run.append(packet)
         if run_peer is not None:
-            self._send_run(run_peer, run, now)
+            self._send_run(run_peer, run, now, wall)
 
-    def _send_run(self, peer: Peer, packets: Sequence[Buffer], now: float) -> None:
+    def _send_run(self, peer: Peer, packets: Sequence[Buffer], now: float, wall: float) -> None:
         if any(len(p) > MAX_PLAINTEXT for p in packets):
             self.counters.drop("packet_too_big", sum(len(p) > MAX_PLAINTEXT for p in packets))
             packets = [p for p in packets if len(p) <= MAX_PLAINTEXT]
             if not packets:
                 return
-        grant = self.grant_or_stage(peer, len(packets), lambda i: packets[i:], now,
+        grant = self.grant_or_stage(peer, len(packets), lambda i: packets[i:], now, wall,
                                     data=any(map(len, packets)))
         if grant is not None:
             self._seal(peer, grant, packets[:grant.count])
@@ -195,7 +195,7 @@ class Device(Tunnel):
                 sent += fit * slot
         peer.count_sent(sent)
 
-    def _send_segments(self, segments: Segments, now: float) -> None:
+    def _send_segments(self, segments: Segments, now: float, wall: float) -> None:
         peer = self.route(segments.destination)
         count = segments.count
         if peer is None:
@@ -204,7 +204,7 @@ class Device(Tunnel):
         if segments.full_length > MAX_PLAINTEXT:
             self.counters.drop("packet_too_big", count)
             return
-        grant = self.grant_or_stage(peer, count, lambda i: segments.packets()[i:], now)
+        grant = self.grant_or_stage(peer, count, lambda i: segments.packets()[i:], now, wall)
         if grant is None:
             return
         count = grant.count
@@ -235,12 +235,12 @@ class Device(Tunnel):
 
     # --- from UDP -----------------------------------------------------------------------------
 
-    def receive_datagram(self, data: Buffer, source: Endpoint, now: float) -> None:
+    def receive_datagram(self, data: Buffer, source: Endpoint, now: float, wall: float) -> None:
         """One UDP datagram from `source`."""
-        self.receive_batch(data, len(data), len(data), source, now)
+        self.receive_batch(data, len(data), len(data), source, now, wall)
 
     def receive_batch(self, buffer: Buffer, nbytes: int, size: int, source: Endpoint,
-                      now: float) -> None:
+                      now: float, wall: float) -> None:
         """The datagrams of one UDP GRO read, all from `source`: back to back in
         `buffer[:nbytes]`, each `size` bytes but the last. Each run of transport messages for
         one session is opened by one kernel call; anything else goes to the core."""
@@ -252,7 +252,7 @@ class Device(Tunnel):
         while start < nbytes:
             end = min(start + size, nbytes)
             if end - start < TRANSPORT_MIN_LEN or view[start:start + 4] != _TRANSPORT_TYPE:
-                self.receive_handshake(view[start:end], source, now)
+                self.receive_handshake(view[start:end], source, now, wall)
                 start += size
                 continue
             receiver = int.from_bytes(view[start + 4:start + 8], "little")
@@ -262,11 +262,11 @@ class Device(Tunnel):
                 start += size
                 continue
             start = self._open_run(view, start, nbytes, size, receiver, entry[0], entry[1],
-                                   source, now)
-        self._flush_outbox(now)
+                                   source, now, wall)
+        self._flush_outbox()
 
     def _open_run(self, view: memoryview, start: int, nbytes: int, size: int, receiver: int,
-                  peer: Peer, session: Session, source: Endpoint, now: float) -> int:
+                  peer: Peer, session: Session, source: Endpoint, now: float, wall: float) -> int:
         if session.receive_state is None:
             session.receive_state = new_window()
         known = self._known_sources(peer)
@@ -287,7 +287,7 @@ class Device(Tunnel):
         if packets:
             self._tun_packets.extend(packets)
             counters.packets_to_tun += len(packets)
-        self.session_received(peer, session, datagram_bytes, plain_bytes, source, now)
+        self.session_received(peer, session, datagram_bytes, plain_bytes, source, now, wall)
         return max(next_start, start + size)
 
     def _known_sources(self, peer: Peer) -> list[bytes]:
@@ -322,15 +322,15 @@ class Device(Tunnel):
 
     # --- timers -------------------------------------------------------------------------------
 
-    def start(self, now: float) -> None:
-        super().start(now)
-        self._flush_outbox(now)
+    def start(self, now: float, wall: float) -> None:
+        super().start(now, wall)
+        self._flush_outbox()
 
-    def handle_timeout(self, now: float) -> None:
-        super().handle_timeout(now)
-        self._flush_outbox(now)
+    def handle_timeout(self, now: float, wall: float) -> None:
+        super().handle_timeout(now, wall)
+        self._flush_outbox()
 
-    def _flush_outbox(self, now: float) -> None:
+    def _flush_outbox(self) -> None:
         """Seal and queue what the core wants sent (granted already)."""
         while self.outbox:
             outbox = self.take_outbox()

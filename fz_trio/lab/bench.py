@@ -106,24 +106,24 @@ def ipv4_packet(size: int, src: str = TestNet.tunnel_b4, dst: str = TestNet.tunn
 
 def _core_pair(packet: bytes) -> tuple[Device, Device, tuple[str, int], float]:
     """A client and a server Tunnel in memory with a completed handshake (and confirmed session)."""
-    wall_offset = time.time()
-    client = Device(generate_private_key(), wall_offset=wall_offset)
-    server = Device(generate_private_key(), wall_offset=wall_offset)
+    wall = time.time()
+    client = Device(generate_private_key())
+    server = Device(generate_private_key())
     client_addr = (TestNet.underlay_b, 40000)
     server_addr = (TestNet.underlay_a, 51820)
     client.add_peer(server.public_key, allowed_ips=[f"{TestNet.tunnel_a4}/32"],
                     endpoint=server_addr)
     server.add_peer(client.public_key, allowed_ips=[f"{TestNet.tunnel_b4}/32"])
     now = 1.0
-    client.send_packet(packet, now)  # staged; starts the handshake
+    client.send_packet(packet, now, wall)  # staged; starts the handshake
     delivered: list[bytes] = []
     for _ in range(10):
         moved = False
         for data, _dst in client.take_transmits():
-            server.receive_datagram(data, client_addr, now)
+            server.receive_datagram(data, client_addr, now, wall)
             moved = True
         for data, _dst in server.take_transmits():
-            client.receive_datagram(data, server_addr, now)
+            client.receive_datagram(data, server_addr, now, wall)
             moved = True
         delivered += server.take_tun_packets()
         client.take_tun_packets()
@@ -171,6 +171,7 @@ def _core_bench(batches: int, batch_size: int, packet_size: int, warmup: int) ->
         raise ValueError("batches and batch_size must be positive")
     packet = ipv4_packet(packet_size)
     client, server, client_addr, now = _core_pair(packet)
+    epoch = time.time() - now  # the wall clock at now == 0
     batch = [packet] * batch_size
     encrypt = decrypt = 0.0
     clock = time.perf_counter
@@ -179,11 +180,11 @@ def _core_bench(batches: int, batch_size: int, packet_size: int, warmup: int) ->
         t0 = clock()
         # The batch API, as the IO shell drives the core: a TUN batch in, GSO batches out;
         # each GSO batch in as one UDP GRO read, packets for TUN out.
-        client.send_packets(batch, now)
+        client.send_packets(batch, now, epoch + now)
         gso = client.take_batches()
         t1 = clock()
         for b in gso:
-            server.receive_batch(b.buffer, b.used, b.segment_size, client_addr, now)
+            server.receive_batch(b.buffer, b.used, b.segment_size, client_addr, now, epoch + now)
         plain = server.take_tun_packets()
         t2 = clock()
         sent = sum(b.count for b in gso)

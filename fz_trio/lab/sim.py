@@ -145,6 +145,7 @@ class SimNode:
     mtu: int = 1420
     generation: int = 0  # restarts so far
     answer_pings: bool = False  # reply to ICMP echo requests for our tunnel addresses
+    clock_skew: float = 0.0  # seconds this host's wall clock is ahead of the network's
     received: deque[bytes] = attrs.field(factory=lambda: deque(maxlen=1000), repr=False)
 
     @property
@@ -346,8 +347,7 @@ class SimNetwork:
 
     def _new_tunnel(self, name: str, key: bytes, generation: int, mtu: int) -> Device:
         rng = random.Random(f"{self.seed}/{name}/tunnel/{generation}")
-        return Device(key, mtu=mtu, timers=self.timers, random_bytes=rng.randbytes,
-                      wall_offset=WALL_EPOCH)
+        return Device(key, mtu=mtu, timers=self.timers, random_bytes=rng.randbytes)
 
     def _check_free(self, address: Endpoint) -> None:
         host = ipaddress.ip_address(address[0])
@@ -357,11 +357,15 @@ class SimNetwork:
             taken_by = self._by_address[address].name
             raise ValueError(f"{format_endpoint(address)} is taken by {taken_by}")
 
+    def wall(self, node: SimNode) -> float:
+        """`node`'s wall clock now: the simulated epoch plus the simulated time (and its skew)."""
+        return WALL_EPOCH + self.now + node.clock_skew
+
     # --- inputs --------------------------------------------------------------------------------
 
     def send(self, node: SimNode, packet: bytes) -> None:
         """`node`'s TUN hands `packet` to its tunnel now; what it transmits goes on the wire."""
-        node.tunnel.send_packet(packet, self.now)
+        node.tunnel.send_packet(packet, self.now, self.wall(node))
         for observer in self.observers:
             observer.packet_sent(node, packet)
         self._flush(node)
@@ -429,7 +433,7 @@ class SimNetwork:
         for node in list(self.nodes.values()):
             deadline = node.tunnel.poll_timeout()
             if deadline is not None and deadline <= self.now:
-                node.tunnel.handle_timeout(self.now)
+                node.tunnel.handle_timeout(self.now, self.wall(node))
                 for observer in self.observers:
                     observer.timers_fired(node)
                 self._flush(node)
@@ -530,7 +534,7 @@ class SimNetwork:
                 if node.answer_pings:
                     reply = echo_reply_to(packet, (node.tunnel_v4, node.tunnel_v6))
                     if reply is not None:
-                        node.tunnel.send_packet(reply, self.now)
+                        node.tunnel.send_packet(reply, self.now, self.wall(node))
                         for observer in self.observers:
                             observer.packet_sent(node, reply)
 
@@ -561,7 +565,7 @@ class SimNetwork:
             return
         for observer in self.observers:
             observer.delivering(node, datagram)
-        node.tunnel.receive_datagram(datagram.data, datagram.src, self.now)
+        node.tunnel.receive_datagram(datagram.data, datagram.src, self.now, self.wall(node))
         for observer in self.observers:
             observer.delivered(node, datagram)
         self._flush(node)

@@ -104,9 +104,6 @@ class TunnelShell:
     def now(self) -> float:
         return trio.current_time()
 
-    def _refresh_wall_offset(self) -> None:
-        self.tunnel.wall_offset = time.time() - trio.current_time()
-
     def _count_error(self, where: str, from_thread: bool) -> Callable[[int], None]:
         """A callback that counts an errno (from a worker thread: on the Trio thread)."""
         drop = self.tunnel.counters.drop
@@ -166,16 +163,16 @@ class TunnelShell:
         stats = self.stats
         offload = self.offload
         async for batch in receive:
-            now = self.now()
+            now, wall = self.now(), time.time()
             taken = 0
             while True:
                 if handoff is not None:
                     handoff.consumed()
                 if offload is None:
-                    send_packets(batch, now)
+                    send_packets(batch, now, wall)
                     taken += len(batch)
                 else:
-                    taken += send_reads(batch, now)
+                    taken += send_reads(batch, now, wall)
                 stats.tun_batches_read += 1
                 if taken + READ_BATCH > TICK_PACKETS:
                     break
@@ -193,7 +190,7 @@ class TunnelShell:
         stats = self.stats
         while True:
             await trio.lowlevel.wait_readable(sock)
-            now = self.now()
+            now, wall = self.now(), time.time()
             received = 0
             while received < INBOUND_TICK_PACKETS:
                 try:
@@ -204,7 +201,7 @@ class TunnelShell:
                     self.tunnel.counters.drop(f"udp_error_{e.errno}")
                     continue
                 stats.udp_receive_calls += 1
-                receive(buffer, nbytes, segment, source, now)
+                receive(buffer, nbytes, segment, source, now, wall)
                 received += -(-nbytes // segment) if segment else 1
             stats.udp_datagrams_received += received
             await self.flush_network()
@@ -215,8 +212,7 @@ class TunnelShell:
             with trio.CancelScope() as self._timer_scope:
                 self._reschedule()
                 await trio.sleep_forever()
-            self._refresh_wall_offset()
-            self.tunnel.handle_timeout(self.now())
+            self.tunnel.handle_timeout(self.now(), time.time())
             await self.flush_network()
 
     async def run(self,
@@ -252,8 +248,7 @@ class TunnelShell:
                     enable_gro(sock)
                     nursery.start_soon(self._inbound, sock)
                 nursery.start_soon(self._timers)
-                self._refresh_wall_offset()
-                self.tunnel.start(self.now())
+                self.tunnel.start(self.now(), time.time())
                 await self.flush_network()
                 task_status.started(self)
         finally:
@@ -288,7 +283,7 @@ async def build_tunnel(config: Config, *, tun_queues: int = DEFAULT_TUN_QUEUES, 
         allowed = [net for peer in config.peers for net in peer.allowed_ips]
         full_tunnel = network.apply(addresses=list(iface.addresses), mtu=mtu, allowed_ips=allowed)
         udp = open_udp(iface.listen_port, fwmark=full_tunnel.fwmark if full_tunnel else None)
-        tunnel = Device(iface.private_key, mtu=mtu, wall_offset=time.time() - trio.current_time())
+        tunnel = Device(iface.private_key, mtu=mtu)
         for peer in config.peers:
             tunnel.add_peer(
                 peer.public_key, preshared_key=peer.preshared_key, allowed_ips=peer.allowed_ips,
