@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import shutil
 
-from fz_trio.lab.scenario import TunnelPair, iperf3
+from fz_trio.lab.iperf import iperf3
+from fz_trio.lab.scenario import TunnelPair, implementation
 from fz_trio.lab.testnet import TestNet, netns_unavailable_reason
 
 
@@ -19,10 +20,11 @@ def run_demo(*, seconds: int = 3, peer: str = "auto") -> int:
         return 1
     if peer == "auto":
         peer = "wireguard-go" if shutil.which("wireguard-go") and shutil.which("wg") else "fz-trio"
+    server = implementation(peer)
     with TestNet() as net:
         _say(f"1. Built namespaces {net.ns_a} and {net.ns_b}, joined by a veth pair "
              f"({net.underlay_a} <-> {net.underlay_b}).")
-        pair = TunnelPair(net, server_impl=peer, client_impl="fz-trio")  # type: ignore[arg-type]
+        pair = TunnelPair(net, server_impl=server, client_impl="fz-trio")
         pair.start()
         _say(f"2. Started {peer} in {net.ns_a} (tunnel {net.tunnel_a4}, {net.tunnel_a6}) and "
              f"fz-trio in {net.ns_b} (tunnel {net.tunnel_b4}, {net.tunnel_b6}); "
@@ -37,7 +39,7 @@ def run_demo(*, seconds: int = 3, peer: str = "auto") -> int:
                 return 1
         if shutil.which("iperf3"):
             for reverse in (False, True):
-                mbits = iperf3(net, seconds=seconds, reverse=reverse)["mbits"]
+                mbits = iperf3(net, seconds=seconds, reverse=reverse).mbits
                 direction = f"{peer} -> fz-trio" if reverse else f"fz-trio -> {peer}"
                 _say(f"4. iperf3 TCP for {seconds} s, {direction}: {mbits:.0f} Mbit/s")
         else:
