@@ -24,7 +24,10 @@ Used by the state-machine tests and by the developer REPL (`fz-trio repl --sim`)
 
 Observers (`SimObserver`) see every datagram sent, every delivery before and after the tunnel
 handled it, every packet written to a node's TUN and every timer firing; the tests check their
-invariants there.
+invariants there. A `fate` function may decide, as each datagram is sent, to drop, duplicate,
+delay or rewrite it; `history` keeps the datagrams sent and each node's `received` its TUN
+writes. `det_key` and `det_random` give the same keys and random bytes for the same name, for
+Devices made outside a network too.
 """
 
 from __future__ import annotations
@@ -39,7 +42,15 @@ from collections.abc import Callable, Iterable
 
 import attrs
 
-from fz_trio.core import Endpoint, Peer, TimerConfig, clamp, encode_key, format_endpoint, messages
+from fz_trio.core import (
+    Endpoint,
+    Peer,
+    TimerConfig,
+    encode_key,
+    format_endpoint,
+    generate_private_key,
+    messages,
+)
 from fz_trio.datapath import Device, echo_reply_to, icmp_echo, parse_echo
 
 UNDERLAY = ipaddress.IPv4Network("198.18.0.0/15")
@@ -54,6 +65,16 @@ _MAX_EVENTS_PER_INSTANT = 10_000
 
 class SimError(RuntimeError):
     """The simulation cannot go on (a tunnel keeps firing a timer at the same instant)."""
+
+
+def det_random(seed: int | str) -> Callable[[int], bytes]:
+    """A deterministic stand-in for os.urandom: the same seed, the same bytes."""
+    return random.Random(seed).randbytes
+
+
+def det_key(seed: int | str) -> bytes:
+    """A private key that is the same for the same seed (a name, say)."""
+    return generate_private_key(det_random(seed))
 
 
 @attrs.define
@@ -239,11 +260,20 @@ def _key_of(other: SimNode | bytes) -> bytes:
     return other.public_key if isinstance(other, SimNode) else other
 
 
+# Decides what becomes of a datagram a tunnel sent: None lets its link carry it as usual;
+# otherwise one (data, extra delay) per copy that arrives, `extra` seconds after the link's own
+# delay. [] drops it, two entries duplicate it, other data rewrites it.
+Fate = Callable[["Datagram"], "list[tuple[bytes, float]] | None"]
+
+
 class SimNetwork:
     """Nodes, links, the datagrams in flight and the simulated clock."""
 
     def __init__(self, seed: int | str = 0, *, timers: TimerConfig | None = None,
-                 link: Link | None = None, now: float = 0.0) -> None:
+                 link: Link | None = None, now: float = 0.0, history_len: int | None = 10_000,
+                 received_len: int | None = 1000) -> None:
+        """`history_len` datagrams and `received_len` TUN packets per node are remembered (None:
+        all, for a test that audits a whole run)."""
         self.seed = seed
         self.rng = random.Random(f"{seed}/network")
         self.now = now
@@ -252,7 +282,9 @@ class SimNetwork:
         self.links: dict[tuple[str, str], Link] = {}
         self.nodes: dict[str, SimNode] = {}
         self.observers: list[SimObserver] = []
-        self.history: deque[Datagram] = deque(maxlen=10_000)  # datagrams the tunnels sent
+        self.history: deque[Datagram] = deque(maxlen=history_len)  # datagrams the tunnels sent
+        self.received_len = received_len
+        self.fate: Fate | None = None  # sees each datagram a tunnel sends that its link let through
         self._by_address: dict[Endpoint, SimNode] = {}
         self._in_flight: list[tuple[float, int, Datagram]] = []
         self._seq = itertools.count()
@@ -272,7 +304,7 @@ class SimNetwork:
         address = address or (f"198.18.0.{index}", LISTEN_PORT)
         self._check_free(address)
         node = SimNode(self, name, index, key, address, self._new_tunnel(name, key, 0, mtu),
-                       mtu=mtu)
+                       mtu=mtu, received=deque(maxlen=self.received_len))
         self.nodes[name] = node
         self._by_address[address] = node
         return node
@@ -343,11 +375,11 @@ class SimNetwork:
         return node
 
     def _new_private_key(self, name: str, generation: int) -> bytes:
-        return clamp(random.Random(f"{self.seed}/{name}/key/{generation}").randbytes(32))
+        return det_key(f"{self.seed}/{name}/key/{generation}")
 
     def _new_tunnel(self, name: str, key: bytes, generation: int, mtu: int) -> Device:
-        rng = random.Random(f"{self.seed}/{name}/tunnel/{generation}")
-        return Device(key, mtu=mtu, timers=self.timers, random_bytes=rng.randbytes)
+        return Device(key, mtu=mtu, timers=self.timers,
+                      random_bytes=det_random(f"{self.seed}/{name}/tunnel/{generation}"))
 
     def _check_free(self, address: Endpoint) -> None:
         host = ipaddress.ip_address(address[0])
@@ -370,11 +402,28 @@ class SimNetwork:
             observer.packet_sent(node, packet)
         self._flush(node)
 
-    def inject(self, data: bytes, *, src: Endpoint, dst: Endpoint, delay: float = 0.0) -> Datagram:
-        """Put a datagram of our own making on the wire (an attacker, a replay)."""
+    def inject(self, data: bytes, *, src: Endpoint, dst: Endpoint, delay: float = 0.0,
+               at_once: bool = False) -> Datagram:
+        """Put a datagram of our own making on the wire (an attacker, a replay). `at_once` hands
+        it to the node at `dst` now, as an attacker next to it would, instead of after `delay`."""
         datagram = Datagram(next(self._seq), self.now, src, dst, bytes(data), None)
-        self._schedule(datagram, self.now + delay)
+        if at_once:
+            self._deliver(datagram)
+        else:
+            self._schedule(datagram, self.now + delay)
         return datagram
+
+    def start(self, node: SimNode) -> None:
+        """`node`'s tunnel starts, as `fz-trio up` starts it (a peer with a persistent keepalive
+        handshakes at once)."""
+        node.tunnel.start(self.now, self.wall(node))
+        self._flush(node)
+
+    def flush(self, node: SimNode | None = None) -> None:
+        """Put on the wire what a test made `node`'s tunnel (or every node's) produce by calling
+        it directly (a batch send, say); the network only flushes after its own calls."""
+        for each in [node] if node is not None else list(self.nodes.values()):
+            self._flush(each)
 
     def deliver_now(self, datagram: Datagram) -> None:
         """Hand `datagram` to whoever is at its destination at once, outside the schedule."""
@@ -551,7 +600,17 @@ class SimNetwork:
         if lost < link.loss:
             self._notify_lost(datagram, "loss")
             return
-        self._schedule(datagram, self.now + link.latency + jitter[0] * link.jitter)
+        delay = link.latency + jitter[0] * link.jitter
+        copies = self.fate(datagram) if self.fate is not None else None
+        if copies is not None:
+            if not copies:
+                self._notify_lost(datagram, "fate")
+            for data, extra in copies:
+                copy = datagram if data == datagram.data else attrs.evolve(
+                    datagram, seq=next(self._seq), data=bytes(data))
+                self._schedule(copy, self.now + delay + extra)
+            return
+        self._schedule(datagram, self.now + delay)
         if doubled < link.duplicate:
             self._schedule(datagram, self.now + link.latency + jitter[1] * link.jitter)
 
