@@ -33,6 +33,10 @@ def _partial(total: int) -> bytes:
     return (total % 0xFFFF or 0xFFFF).to_bytes(2, "big")
 
 
+# A fast layout's unpacked fields: constant header parts (bytes) and the counters (int).
+_FastFields = tuple[bytes | int, ...]
+
+
 @attrs.define
 class _Group:
     """Consecutive segments of one flow that can become one super-packet."""
@@ -49,7 +53,7 @@ class _Group:
     closed: bool = False
     push: bool = False  # a later segment had PSH: the super-packet carries it
     length: int = 0
-    fast: tuple[struct.Struct, tuple] | None = None  # see _continues
+    fast: tuple[struct.Struct, _FastFields] | None = None  # see _continues
 
 
 def _flow_key(packet: bytearray, version: int, iphl: int) -> bytes:
@@ -178,7 +182,8 @@ def coalesce(packets: Iterable[bytearray], *, udp: bool = False
 _FAST_LAYOUTS: dict[tuple[int, int], struct.Struct] = {}
 
 
-def _fast_fields(first: bytearray, version: int, hl: int) -> tuple[struct.Struct, tuple]:
+def _fast_fields(first: bytearray, version: int, hl: int
+                 ) -> tuple[struct.Struct, _FastFields]:
     layout = _FAST_LAYOUTS.get((version, hl))
     if layout is None:
         if version == 4:
@@ -202,6 +207,8 @@ def _continues(group: _Group, packet: bytearray) -> bool:
             or len(group.payloads) >= MAX_COALESCED_SEGMENTS
             or group.length + payload > MAX_IP_LEN):
         return False
+    # The caller has checked that group.fast is set; mypy cannot carry that narrowing of an
+    # attribute into this call, and a check here would cost a test per segment.
     layout, expected = group.fast  # type: ignore[misc]
     fields = layout.unpack_from(packet)
     if group.version == 4:
