@@ -46,6 +46,17 @@ def lint(session: nox.Session) -> None:
 
 
 @nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict over fz_trio, as pyproject.toml's [tool.mypy] says (so plain `mypy` agrees).
+
+    mypy is pinned: a new release's new checks should arrive with a deliberate bump, not break
+    an unrelated change.
+    """
+    session.install("-e", ".", "mypy==2.4.1")
+    session.run("mypy", *session.posargs)
+
+
+@nox.session
 def demo(session: nox.Session) -> None:
     session.install("-e", ".")
     session.run("fz-trio", "demo", *session.posargs)
