@@ -73,7 +73,7 @@ class TrioConsole(code.InteractiveConsole):
     async def _run(self, code_object: types.CodeType) -> BaseException | None:
         # A module-level code object called as a function runs with our namespace as its
         # globals and locals; with a top-level await in it, the call returns a coroutine.
-        function = types.FunctionType(code_object, self.locals)  # type: ignore[arg-type]
+        function = types.FunctionType(code_object, self.locals)
         with trio.CancelScope() as scope:
             self.running = scope
             try:
