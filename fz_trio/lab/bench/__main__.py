@@ -1,0 +1,3 @@
+from fz_trio.lab.bench.cli import run
+
+run()
