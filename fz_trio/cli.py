@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import base64
-import binascii
 import logging
 import os
 import sys
-from functools import partial
+from typing import TYPE_CHECKING
 
 import trio
 
 from fz_trio import __version__
-from fz_trio.core import encode_key, generate_private_key, public_key_of
-from fz_trio.shell.tun_io import DEFAULT_TUN_IO
+from fz_trio.core import decode_key, encode_key, generate_private_key, public_key_of
+from fz_trio.shell.tun_io import DEFAULT_TUN_IO, DEFAULT_TUN_QUEUES, TunIo
+
+if TYPE_CHECKING:
+    from fz_trio.config import Config
 
 
 class CliError(Exception):
@@ -27,13 +28,10 @@ def _cmd_genkey(args: argparse.Namespace) -> int:
 
 
 def _cmd_pubkey(args: argparse.Namespace) -> int:
-    text = sys.stdin.read().strip()
     try:
-        key = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        key = b""
-    if len(key) != 32:
-        raise CliError("pubkey: a base64 private key of 32 bytes is expected on standard input")
+        key = decode_key(sys.stdin.read().strip())
+    except ValueError as e:
+        raise CliError(f"pubkey: a private key is expected on standard input: {e}") from None
     print(encode_key(public_key_of(key)))
     return 0
 
@@ -44,31 +42,28 @@ def _require_root(what: str) -> None:
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
+    from fz_trio.app import Options, StartError, run_until_signalled
+
+    config = _load(args)
+    _require_root("fz-trio up")
+    options = Options(tun_queues=args.tun_queues, gso=not args.no_gso,
+                      tun_io=TunIo(args.tun_io), offload=not args.no_offload)
+    try:
+        trio.run(run_until_signalled, config, options)
+    except StartError as e:
+        raise CliError(str(e)) from e
+    return 0
+
+
+def _load(args: argparse.Namespace) -> Config:
     from fz_trio.config import ConfigError, load_config
-    from fz_trio.shell.netconfig import NetConfigError
-    from fz_trio.shell.runner import ResolveError, run_until_signalled
-    from fz_trio.shell.tun import TunError
-    from fz_trio.shell.udp import UdpError
 
     try:
-        config = load_config(args.config, interface_name=args.interface)
+        return load_config(args.config, interface_name=args.interface)
     except ConfigError as e:
         raise CliError(str(e)) from e
     except OSError as e:
         raise CliError(f"cannot read {args.config}: {e.strerror}") from e
-    _require_root("fz-trio up")
-    iface = config.interface
-    if iface.dns_servers or iface.dns_search:
-        logging.getLogger("fz_trio").warning(
-            "DNS is set in %s but not applied to the system resolver yet", args.config
-        )
-    try:
-        trio.run(partial(run_until_signalled, config, tun_queues=args.tun_queues,
-                         gso=not args.no_gso, tun_io=args.tun_io,
-                         offload=not args.no_offload))
-    except (TunError, NetConfigError, UdpError, ResolveError) as e:
-        raise CliError(str(e)) from e
-    return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -87,21 +82,14 @@ def _cmd_repl(args: argparse.Namespace) -> int:
         return run_sim_repl(seed=args.seed)
     if not args.config:
         raise CliError("repl: a config file is needed (or --sim for a simulated network)")
-    from fz_trio.config import ConfigError, load_config
+    from fz_trio.app import StartError
     from fz_trio.repl import run_live_repl
-    from fz_trio.shell.netconfig import NetConfigError
-    from fz_trio.shell.runner import ResolveError
-    from fz_trio.shell.tun import TunError
-    from fz_trio.shell.udp import UdpError
 
-    try:
-        config = load_config(args.config, interface_name=args.interface)
-    except ConfigError as e:
-        raise CliError(str(e)) from e
+    config = _load(args)
     _require_root("fz-trio repl")
     try:
         return trio.run(run_live_repl, config)
-    except (TunError, NetConfigError, UdpError, ResolveError) as e:
+    except StartError as e:
         raise CliError(str(e)) from e
 
 
@@ -124,10 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
         "up", help="bring a tunnel up from a wg-quick config; runs until SIGINT/SIGTERM")
     up.add_argument("config", help="path to a wg-quick style config, e.g. wg0.conf")
     up.add_argument("--interface", help="interface name (default: the config file's stem)")
-    up.add_argument("--tun-queues", type=_positive_int, default=1, metavar="N",
-                    help="TUN queues, each with a reader and a writer thread (default 1)")
-    up.add_argument("--tun-io", choices=["inline", "threads"], default=DEFAULT_TUN_IO,
-                    help="TUN queue I/O on worker threads (default) or on the event loop thread")
+    up.add_argument("--tun-queues", type=_positive_int, default=DEFAULT_TUN_QUEUES, metavar="N",
+                    help=f"TUN queues, each with a reader and a writer (default "
+                         f"{DEFAULT_TUN_QUEUES})")
+    up.add_argument("--tun-io", choices=[mode.value for mode in TunIo],
+                    default=DEFAULT_TUN_IO.value,
+                    help=f"TUN queue I/O on worker threads or on the event loop thread "
+                         f"(default {DEFAULT_TUN_IO.value})")
     up.add_argument("--no-offload", action="store_true",
                     help="plain TUN I/O: no vnet header, no TSO/USO super-packets")
     up.add_argument("--no-gso", action="store_true",

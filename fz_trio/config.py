@@ -21,6 +21,7 @@ from typing import Any
 import attrs
 
 from fz_trio.core import decode_key, public_key_of
+from fz_trio.ifname import check_interface_name
 
 __all__ = [
     "Config",
@@ -43,8 +44,6 @@ MIN_MTU_IPV4 = 576
 MIN_MTU_IPV6 = 1280
 MAX_MTU = 65535
 
-# IFNAMSIZ is 16 including the NUL terminator.
-_IFNAME_MAX_BYTES = 15
 # Used when parse_config gets a pseudo file name such as "<config>" and no explicit name.
 DEFAULT_INTERFACE_NAME = "wg0"
 
@@ -497,21 +496,6 @@ def _build_config(sections: list[_Section], interface_name: str) -> Config:
 # Interface names and the public entry points.
 
 
-def _check_interface_name(name: str) -> str:
-    """Apply the kernel's dev_valid_name() rules (plus: printable characters only)."""
-    if not name:
-        raise ValueError("the interface name is empty")
-    if len(name.encode("utf-8")) > _IFNAME_MAX_BYTES:
-        raise ValueError(f"interface name {name!r} is longer than {_IFNAME_MAX_BYTES} bytes")
-    if name in (".", ".."):
-        raise ValueError(f"{name!r} is not a valid interface name")
-    if any(c in "/:" or c.isspace() or not c.isprintable() for c in name):
-        raise ValueError(
-            f"interface name {name!r} may not contain '/', ':', whitespace or control characters"
-        )
-    return name
-
-
 def _default_interface_name(filename: str) -> str:
     if filename.startswith("<") and filename.endswith(">"):
         return DEFAULT_INTERFACE_NAME  # text not from a file, e.g. "<config>" or "<stdin>"
@@ -523,9 +507,8 @@ def parse_config(
 ) -> Config:
     """Parse wg-quick config text. The interface name defaults to the file name minus ".conf"."""
     try:
-        name = _check_interface_name(
-            interface_name if interface_name is not None else _default_interface_name(filename)
-        )
+        name = interface_name if interface_name is not None else _default_interface_name(filename)
+        check_interface_name(name)
     except ValueError as e:
         raise ConfigError(filename, None, str(e)) from None
     try:

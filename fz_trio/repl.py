@@ -33,6 +33,8 @@ import attrs
 import trio
 
 from fz_trio import __version__
+from fz_trio.app import Interface, run_interface
+from fz_trio.config import Config
 from fz_trio.core import Peer, Tunnel, encode_key, format_endpoint
 from fz_trio.datapath import icmp_echo_message
 
@@ -241,12 +243,9 @@ async def icmp_ping(source: str, destination: str, *, timeout: float = 2.0) -> f
     return None
 
 
-def live_namespace(shell: Any) -> dict[str, Any]:
-    from fz_trio.shell.runner import TunnelShell
-
-    assert isinstance(shell, TunnelShell)
-    tunnel = shell.tunnel
-    sources = {iface.version: str(iface.ip) for iface in shell.config.interface.addresses}
+def live_namespace(interface: Interface) -> dict[str, Any]:
+    device = interface.device
+    sources = {iface.version: str(iface.ip) for iface in interface.config.interface.addresses}
 
     async def ping(address: str, *, timeout: float = 2.0) -> PingResult:
         """Send an ICMP echo through the tunnel from our address and await the reply."""
@@ -258,35 +257,29 @@ def live_namespace(shell: Any) -> dict[str, Any]:
 
     def show() -> None:
         """Peers, sessions, timers and counters of the live tunnel."""
-        print(describe_tunnel(tunnel, trio.current_time()))
+        print(describe_tunnel(device, trio.current_time()))
 
-    return {"trio": trio, "shell": shell, "tunnel": tunnel, "peers": list(tunnel.peers.values()),
-            "stats": shell.stats, "counters": tunnel.counters, "config": shell.config,
-            "ping": ping, "show": show}
+    return {"trio": trio, "interface": interface, "tunnel": device,
+            "peers": list(device.peers.values()), "stats": interface.stats,
+            "counters": device.counters, "config": interface.config, "ping": ping, "show": show}
 
 
-async def run_live_repl(config: Any) -> int:
+async def run_live_repl(config: Config) -> int:
     """`fz-trio repl CONFIG`: bring the tunnel up, run the console, take it down at the end."""
-    from fz_trio.shell.runner import build_tunnel, close_tunnel
-
-    shell = await build_tunnel(config)
     status = 0  # also when SIGTERM cancels everything
-    try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(shell.run)
-            nursery.start_soon(_cancel_on_sigterm, nursery.cancel_scope)
-            peers = len(shell.tunnel.peers)
-            banner = (
-                f"fz-trio {__version__} REPL: {config.interface_name} is up "
-                f"({peers} peer{'s' * (peers != 1)}, UDP port {shell.udp.port}).\n"
-                "Names: tunnel, peers, shell, stats, counters, config, show(), "
-                "await ping(address), trio.\n"
-                "Top-level await works. Ctrl-D or exit() takes the tunnel down.")
-            status = await run_console(live_namespace(shell), banner)
-            nursery.cancel_scope.cancel()
-    finally:
-        close_tunnel(shell)
-        log.info("interface %s removed", config.interface_name)
+    async with trio.open_nursery() as nursery:
+        interface = await nursery.start(run_interface, config)
+        nursery.start_soon(_cancel_on_sigterm, nursery.cancel_scope)
+        peers = len(interface.device.peers)
+        banner = (
+            f"fz-trio {__version__} REPL: {config.interface_name} is up "
+            f"({peers} peer{'s' * (peers != 1)}, UDP port {interface.udp.port}).\n"
+            "Names: tunnel, peers, interface, stats, counters, config, show(), "
+            "await ping(address), trio.\n"
+            "Top-level await works. Ctrl-D or exit() takes the tunnel down.")
+        status = await run_console(live_namespace(interface), banner)
+        nursery.cancel_scope.cancel()
+    log.info("interface %s removed", config.interface_name)
     return status
 
 

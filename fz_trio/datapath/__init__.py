@@ -7,10 +7,18 @@ batch kernels that seal and open whole runs (`kernels`: a native extension and i
 socket, reads a clock or starts a thread.
 """
 
+from fz_trio.datapath import kernels
 from fz_trio.datapath.device import MAX_PLAINTEXT, DataPathStats, Device
 from fz_trio.datapath.gso import MAX_BATCH_BYTES, MAX_SEGMENTS, Batch, GsoBatcher
 from fz_trio.datapath.kernels import IMPLEMENTATION, REASON
-from fz_trio.datapath.offload import OffloadError, Segments, VnetHeader
+from fz_trio.datapath.offload import (
+    GSO_NONE,
+    PLAIN_HDR,
+    OffloadError,
+    Segments,
+    VnetHeader,
+    segment,
+)
 from fz_trio.datapath.packets import (
     echo_reply_to,
     icmp_echo,
@@ -21,10 +29,12 @@ from fz_trio.datapath.packets import (
 )
 
 __all__ = [
+    "GSO_NONE",
     "IMPLEMENTATION",
     "MAX_BATCH_BYTES",
     "MAX_PLAINTEXT",
     "MAX_SEGMENTS",
+    "PLAIN_HDR",
     "REASON",
     "Batch",
     "DataPathStats",
@@ -36,7 +46,9 @@ __all__ = [
     "echo_reply_to",
     "icmp_echo",
     "icmp_echo_message",
+    "kernels",
     "ip_packet",
     "parse_echo",
+    "segment",
     "udp_packet",
 ]

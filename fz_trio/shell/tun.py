@@ -11,6 +11,7 @@ join a device that another process created under the same name.
 
 from __future__ import annotations
 
+import enum
 import errno
 import fcntl
 import os
@@ -19,13 +20,14 @@ from types import TracebackType
 
 import attrs
 
+from fz_trio.ifname import check_interface_name
+
 __all__ = [
     "IFF_MULTI_QUEUE",
     "IFF_NO_PI",
     "IFF_TUN",
     "IFF_TUN_EXCL",
     "IFF_VNET_HDR",
-    "IFNAMSIZ",
     "TUNGETFEATURES",
     "TUNSETIFF",
     "TUNSETOFFLOAD",
@@ -35,7 +37,6 @@ __all__ = [
     "TunError",
     "open_tun",
     "set_nonblocking",
-    "validate_ifname",
 ]
 
 TUN_PATH = "/dev/net/tun"
@@ -52,7 +53,6 @@ IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000
 IFF_TUN_EXCL = 0x8000
 
-IFNAMSIZ = 16  # including the terminating NUL, so names have at most 15 bytes
 _IFREQ = "16sH22x"  # struct ifreq: ifr_name, ifr_flags, padding to 40 bytes
 
 # Flags open_tun always sets; callers may add others (IFF_VNET_HDR for offloads, later).
@@ -111,30 +111,6 @@ class TunDevice:
 def set_nonblocking(fd: int, flag: bool = True) -> None:
     """Switch a queue fd between blocking and non-blocking (O_NONBLOCK) mode."""
     os.set_blocking(fd, not flag)
-
-
-def validate_ifname(name: str) -> bytes:
-    """Return `name` encoded for struct ifreq, or raise TunError if the kernel would refuse it.
-
-    Checked here because struct.pack silently truncates a long name, and the kernel's EINVAL
-    does not say which part of the request was wrong. Rules follow the kernel's dev_valid_name();
-    a single "%d" template (kernel picks the number) is allowed as for any TUN device.
-    """
-    raw = name.encode("utf-8", errors="surrogateescape")
-    if not raw:
-        raise TunError("invalid interface name '': must not be empty")
-    if len(raw) >= IFNAMSIZ:
-        raise TunError(
-            f"invalid interface name {name!r}: {len(raw)} bytes, at most {IFNAMSIZ - 1} allowed"
-        )
-    if name in (".", ".."):
-        raise TunError(f"invalid interface name {name!r}")
-    bad = sorted({c for c in name if c in "/:" or c.isspace() or c == "\0"})
-    if bad:
-        raise TunError(f"invalid interface name {name!r}: must not contain {''.join(bad)!r}")
-    if "%" in name and (name.count("%") != 1 or "%d" not in name):
-        raise TunError(f"invalid interface name {name!r}: the only template allowed is one '%d'")
-    return raw
 
 
 def _open_queue_fd(name: str) -> int:
@@ -204,7 +180,10 @@ def open_tun(name: str, queues: int = 1, *, flags: int = 0, nonblocking: bool = 
             f"unsupported extra TUN flags 0x{flags & ~_EXTRA_FLAGS_ALLOWED:x} "
             f"(only IFF_VNET_HDR=0x{IFF_VNET_HDR:x} may be added)"
         )
-    raw_name = validate_ifname(name)
+    try:
+        raw_name = check_interface_name(name, template=True)
+    except ValueError as e:
+        raise TunError(str(e)) from None
     all_flags = _BASE_FLAGS | flags
 
     fds: list[int] = []
@@ -246,23 +225,37 @@ TUN_F_USO4 = 0x20
 TUN_F_USO6 = 0x40
 VNET_HDR_SIZE = 10
 
+
+
+class OffloadMode(enum.Enum):
+    """What a TUN device opened with IFF_VNET_HDR may hand us and take from us."""
+
+    TSO_USO = "tso+uso"  # TCP and UDP super-packets, both ways
+    TSO = "tso"  # TCP super-packets; UDP as plain packets (kernels before 6.2)
+    CSUM = "csum"  # plain packets, checksums possibly left partial
+
+    @property
+    def uso(self) -> bool:
+        return self is OffloadMode.TSO_USO
+
+
 # Tried in order; the kernel refuses offloads it does not know (USO before 6.2) with EINVAL.
-OFFLOAD_MODES: list[tuple[str, int]] = [
-    ("tso+uso", TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_USO4 | TUN_F_USO6),
-    ("tso", TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6),
-    ("csum", TUN_F_CSUM),
+OFFLOAD_MODES: list[tuple[OffloadMode, int]] = [
+    (OffloadMode.TSO_USO, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_USO4 | TUN_F_USO6),
+    (OffloadMode.TSO, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6),
+    (OffloadMode.CSUM, TUN_F_CSUM),
 ]
 
 
-def enable_offloads(device: TunDevice) -> str | None:
+def enable_offloads(device: TunDevice) -> OffloadMode | None:
     """Turn on the richest offload mode the kernel accepts on a device opened with IFF_VNET_HDR.
 
-    Returns the mode's name ("tso+uso", "tso", "csum") or None when the kernel accepts none; the
+    Returns the mode, or None when the kernel accepts none; the
     same mode is set on every queue fd (they share the device's features).
     """
     for fd in device.fds:
         fcntl.ioctl(fd, TUNSETVNETHDRSZ, struct.pack("i", VNET_HDR_SIZE))
-    for name, offloads in OFFLOAD_MODES:
+    for mode, offloads in OFFLOAD_MODES:
         try:
             for fd in device.fds:
                 fcntl.ioctl(fd, TUNSETOFFLOAD, offloads)
@@ -270,5 +263,5 @@ def enable_offloads(device: TunDevice) -> str | None:
             if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
                 raise TunError(f"TUNSETOFFLOAD on {device.name} failed: {e.strerror}") from e
             continue
-        return name
+        return mode
     return None

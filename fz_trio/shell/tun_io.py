@@ -17,6 +17,7 @@ load, native kernels or not (docs/performance.md).
 
 from __future__ import annotations
 
+import enum
 import errno
 import os
 import select
@@ -27,9 +28,16 @@ from typing import Any
 
 import trio
 
+
+class TunIo(enum.Enum):
+    THREADS = "threads"  # a reader and a writer thread per queue fd
+    INLINE = "inline"  # readers and writers as Trio tasks on the event loop thread
+
+
 # TUN I/O on the event loop: with the native kernels it still moves more than worker threads on
 # the 2-core machines we measure on, at lower latency under load (docs/performance.md).
-DEFAULT_TUN_IO = "inline"
+DEFAULT_TUN_IO = TunIo.INLINE
+DEFAULT_TUN_QUEUES = 1  # more queues measured no faster on 2 cores (docs/performance.md)
 
 # Reads per batch from a reader; the packet loop takes at most two batches per tick. With TUN
 # offloads one read may be a 64 KB super-packet, so a batch also stops at READ_BATCH_BYTES.

@@ -12,8 +12,9 @@ import os
 
 import attrs
 
-from fz_trio.datapath import kernels
-from fz_trio.datapath.offload import GSO_NONE, PLAIN_HDR, VnetHeader, segment
+from fz_trio.datapath import GSO_NONE, PLAIN_HDR, VnetHeader, kernels, segment
+from fz_trio.shell.stats import IoStats
+from fz_trio.shell.tun import OffloadMode
 
 log = logging.getLogger(__name__)
 
@@ -24,20 +25,15 @@ WriteItem = tuple[bytes, bytes | bytearray]
 class TunOffload:
     """The active offload mode of one device and what it has done."""
 
-    mode: str  # "tso+uso", "tso" or "csum"
-    coalescing: bool = True
-    super_packets_written: int = 0
-    gso_writes_rejected: int = 0
-
-    @property
-    def uso(self) -> bool:
-        return "uso" in self.mode
+    mode: OffloadMode
+    stats: IoStats
+    coalescing: bool = True  # until the kernel refuses a GSO write
 
     def items_for_writer(self, packets: list[bytearray]) -> list[WriteItem]:
         if not self.coalescing:
             return [(PLAIN_HDR, packet) for packet in packets]
-        items = kernels.coalesce(packets, self.uso)
-        self.super_packets_written += sum(1 for hdr, _ in items if hdr is not PLAIN_HDR)
+        items = kernels.coalesce(packets, self.mode.uso)
+        self.stats.tun_super_packets_written += sum(1 for hdr, _ in items if hdr is not PLAIN_HDR)
         return items
 
     def write_item(self, fd: int, item: WriteItem) -> list[WriteItem] | None:
@@ -54,5 +50,5 @@ class TunOffload:
                 log.warning("the kernel refused a GSO write to TUN; "
                             "writing plain packets from now on")
             self.coalescing = False
-            self.gso_writes_rejected += 1
+            self.stats.tun_gso_writes_rejected += 1
             return [(PLAIN_HDR, s) for s in segment(VnetHeader.parse(hdr), packet)]

@@ -15,8 +15,8 @@ import sys
 import attrs
 import trio
 
-from fz_trio.core.stats import Counters
 from fz_trio.datapath import Batch
+from fz_trio.shell.stats import IoStats
 
 log = logging.getLogger(__name__)
 
@@ -137,20 +137,17 @@ class BatchSender:
     """Sends the core's GSO batches: one sendmsg each while the kernel accepts UDP_SEGMENT,
     one sendto per datagram after it refused (the fallback is counted and logged once)."""
 
-    counters: Counters
-    gso: bool = True
-    gso_sends: int = 0
-    plain_sends: int = 0
-    gso_fallbacks: int = 0
+    stats: IoStats
+    gso: bool = True  # False from the kernel's first refusal on (or from the start: --no-gso)
 
     async def send(self, sock: socket.socket, batch: Batch) -> None:
         while self.gso or batch.count == 1:
             try:
                 send_segments(sock, batch.data, batch.segment_size, batch.count, batch.endpoint)
                 if batch.count > 1:
-                    self.gso_sends += 1
+                    self.stats.udp_gso_sends += 1
                 else:
-                    self.plain_sends += 1
+                    self.stats.udp_plain_sends += 1
                 return
             except BlockingIOError:
                 await trio.lowlevel.wait_writable(sock)  # backpressure: the kernel queue is full
@@ -159,18 +156,18 @@ class BatchSender:
                     log.warning("the kernel refused UDP GSO (%s); sending datagrams one by one",
                                 e.strerror)
                     self.gso = False
-                    self.gso_fallbacks += 1
+                    self.stats.udp_gso_fallbacks += 1
                     break
-                self.counters.drop(f"udp_send_error_{e.errno}", batch.count)
+                self.stats.error("udp_send", e.errno, batch.count)
                 return
         for datagram in batch.datagrams():
             while True:
                 try:
                     sock.sendto(datagram, batch.endpoint)
-                    self.plain_sends += 1
+                    self.stats.udp_plain_sends += 1
                     break
                 except BlockingIOError:
                     await trio.lowlevel.wait_writable(sock)
                 except OSError as e:
-                    self.counters.drop(f"udp_send_error_{e.errno}")
+                    self.stats.error("udp_send", e.errno)
                     break
