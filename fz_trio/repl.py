@@ -27,6 +27,7 @@ import socket
 import sys
 import traceback
 import types
+from collections.abc import AsyncIterator
 from typing import Any
 
 import attrs
@@ -125,7 +126,7 @@ class _LineReader:
         return line.decode(errors="replace") + "\n"
 
 
-async def _interrupts(console: TrioConsole, signals: Any) -> None:
+async def _interrupts(console: TrioConsole, signals: AsyncIterator[int]) -> None:
     async for _ in signals:
         if console.running is not None:
             console.running.cancel()
