@@ -13,9 +13,10 @@ with `recycle()`.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import attrs
+
+from fz_trio.core import Endpoint
 
 # The kernel refuses more than 64 segments per send (UDP_MAX_SEGMENTS).
 MAX_SEGMENTS = 64
@@ -28,7 +29,7 @@ BUFFER_BYTES = MAX_BATCH_BYTES
 class Batch:
     """Datagrams for one destination, back to back in `buffer[:used]`."""
 
-    endpoint: Any
+    endpoint: Endpoint
     buffer: bytearray
     segment_size: int = 0
     count: int = 0
@@ -52,11 +53,11 @@ class GsoBatcher:
     def __init__(self, max_segments: int = MAX_SEGMENTS) -> None:
         self.max_segments = max_segments
         self._batches: list[Batch] = []
-        self._open: dict[Any, Batch] = {}
+        self._open: dict[Endpoint, Batch] = {}
         self._free: list[bytearray] = []
         self._datagrams = 0
 
-    def reserve(self, endpoint: Any, length: int) -> tuple[bytearray, int]:
+    def reserve(self, endpoint: Endpoint, length: int) -> tuple[bytearray, int]:
         """Space for one datagram of `length` bytes to `endpoint`: (buffer, offset) to write at."""
         _check_length(length)
         batch = self._open.get(endpoint)
@@ -79,7 +80,8 @@ class GsoBatcher:
         self._datagrams += 1
         return batch.buffer, offset
 
-    def reserve_run(self, endpoint: Any, length: int, wanted: int) -> tuple[bytearray, int, int]:
+    def reserve_run(self, endpoint: Endpoint, length: int, wanted: int
+                    ) -> tuple[bytearray, int, int]:
         """Space for up to `wanted` datagrams of exactly `length` bytes each, back to back in one
         batch: (buffer, offset of the first, how many fit, at least 1)."""
         _check_length(length)
@@ -103,7 +105,7 @@ class GsoBatcher:
         self._datagrams += fit
         return batch.buffer, offset, fit
 
-    def append(self, item: tuple[bytes | bytearray | memoryview, Any]) -> None:
+    def append(self, item: tuple[bytes | bytearray | memoryview, Endpoint]) -> None:
         """Add a finished datagram (handshake messages, mostly): `(datagram, endpoint)`."""
         datagram, endpoint = item
         buffer, offset = self.reserve(endpoint, len(datagram))
