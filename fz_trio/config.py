@@ -20,7 +20,7 @@ from typing import Any
 
 import attrs
 
-from fz_trio.core import decode_key, public_key_of
+from fz_trio.core import Network, as_network, decode_key, public_key_of
 from fz_trio.ifname import check_interface_name
 
 __all__ = [
@@ -35,7 +35,6 @@ __all__ = [
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 # The kernel refuses to enable IPv6 on a link below 1280 (RFC 8200); 576 is the IPv4 minimum
@@ -81,7 +80,7 @@ class Endpoint:
 class PeerConfig:
     public_key: bytes
     preshared_key: bytes | None = attrs.field(repr=False)  # a secret, like the private key
-    allowed_ips: tuple[IPNetwork, ...]
+    allowed_ips: tuple[Network, ...]
     endpoint: Endpoint | None
     persistent_keepalive: int | None  # seconds; None means off
     line: int  # line of the [Peer] header
@@ -169,10 +168,9 @@ def _parse_interface_address(token: str) -> IPInterface:
     return ipaddress.ip_interface((ip, prefix))
 
 
-def _parse_network(token: str) -> IPNetwork:
+def _parse_network(token: str) -> Network:
     ip, prefix = _parse_prefixed(token)
-    # strict=False: the kernel masks host bits the same way, so 10.0.0.1/24 means 10.0.0.0/24.
-    return ipaddress.ip_network((ip, prefix), strict=False)
+    return as_network(f"{ip}/{prefix}")
 
 
 def _parse_endpoint(text: str) -> Endpoint:
@@ -465,7 +463,7 @@ def _check_peer_keys(peer_sections: list[_Section], own_public_key: bytes) -> No
 def _give_allowed_ips_to_last_peer(peers: list[PeerConfig]) -> list[PeerConfig]:
     # The kernel keeps one owner per prefix: adding it to a later peer moves it there. Doing the
     # same here means the Config describes exactly the routing wg(8) would set up.
-    owner: dict[IPNetwork, int] = {}
+    owner: dict[Network, int] = {}
     for index, peer in enumerate(peers):
         for network in peer.allowed_ips:
             owner[network] = index

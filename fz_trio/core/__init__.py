@@ -4,6 +4,7 @@ Nothing in this package opens a socket, reads a clock, sleeps, spawns a thread o
 """
 
 from fz_trio.core import ip, messages, timers
+from fz_trio.core.allowed_ips import Network, as_network
 from fz_trio.core.crypto import CryptoError
 from fz_trio.core.endpoint import Endpoint, format_endpoint
 from fz_trio.core.keys import (
@@ -35,6 +36,7 @@ __all__ = [
     "CryptoError",
     "Endpoint",
     "MessageError",
+    "Network",
     "Outbox",
     "Peer",
     "SendGrant",
@@ -43,6 +45,7 @@ __all__ = [
     "Transmit",
     "Tunnel",
     "TunnelError",
+    "as_network",
     "clamp",
     "decode_key",
     "encode_key",

@@ -14,6 +14,14 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 T = TypeVar("T")
 
 
+def as_network(prefix: Network | str) -> Network:
+    """A prefix as the kernel and wg(8) read one: host bits are masked, so "10.0.0.1/24" is
+    10.0.0.0/24, and an address without a length is a single host."""
+    if isinstance(prefix, ipaddress.IPv4Network | ipaddress.IPv6Network):
+        return prefix
+    return ipaddress.ip_network(prefix, strict=False)
+
+
 class _FamilyTable(Generic[T]):
     def __init__(self, bits: int) -> None:
         self.bits = bits

@@ -21,12 +21,11 @@ and counted in `counters`.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from collections.abc import Callable, Iterable
 
 from fz_trio.core import messages, noise
-from fz_trio.core.allowed_ips import AllowedIPs, Network
+from fz_trio.core.allowed_ips import AllowedIPs, Network, as_network
 from fz_trio.core.cookie import CookieChecker
 from fz_trio.core.crypto import CryptoError
 from fz_trio.core.endpoint import Endpoint
@@ -128,7 +127,7 @@ class Tunnel:
         self.routes_version += 1
         self.allowed_ips.remove_value(peer)
         for network in allowed_ips:
-            self.allowed_ips.insert(ipaddress.ip_network(network, strict=False), peer)
+            self.allowed_ips.insert(as_network(network), peer)
 
     def set_preshared_key(self, public_key: bytes, preshared_key: bytes | None) -> None:
         self.peers[public_key].preshared_key = preshared_key or bytes(32)

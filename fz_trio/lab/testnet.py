@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 
 import attrs
 
-from fz_trio.core import encode_key
+from fz_trio.core import as_network, encode_key
 
 __all__ = [
     "NS_PREFIX",
@@ -425,7 +425,7 @@ class TestNet:
         self.run(ns, "ip", "link", "set", "dev", ifname, "mtu", str(mtu), "up")
         for peer in peers:
             for prefix in peer.allowed_ips:
-                net = ipaddress.ip_network(prefix, strict=False)
+                net = as_network(prefix)
                 cp = self.run(
                     ns,
                     "ip",

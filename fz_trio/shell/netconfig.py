@@ -30,7 +30,7 @@ import ipaddress
 import logging
 import socket
 from collections.abc import Callable, Sequence
-from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network
+from ipaddress import IPv4Interface, IPv6Interface
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -38,6 +38,8 @@ from typing import Any
 import attrs
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
+
+from fz_trio.core import Network, as_network
 
 __all__ = [
     "DEFAULT_FWMARK",
@@ -69,7 +71,6 @@ _GONE_ERRNOS = frozenset(
 )
 
 Interface = IPv4Interface | IPv6Interface
-Network = IPv4Network | IPv6Network
 
 
 class NetConfigError(Exception):
@@ -151,7 +152,7 @@ class InterfaceNetwork:
         *,
         addresses: Sequence[IPv4Interface | IPv6Interface],
         mtu: int,
-        allowed_ips: Sequence[IPv4Network | IPv6Network],
+        allowed_ips: Sequence[Network | str],
         fwmark: int = DEFAULT_FWMARK,
         txqueuelen: int = 10000,
     ) -> FullTunnel | None:
@@ -164,8 +165,7 @@ class InterfaceNetwork:
             raise NetConfigError(f"{self.ifname}: apply() was already called; close() first")
         try:
             addrs = [ipaddress.ip_interface(a) for a in addresses]
-            # strict=False: like wg(8), accept "10.0.0.1/8" and mean 10.0.0.0/8.
-            nets = [ipaddress.ip_network(n, strict=False) for n in allowed_ips]
+            nets = [as_network(n) for n in allowed_ips]
         except ValueError as exc:
             raise NetConfigError(f"{self.ifname}: {exc}") from exc
         full_families = frozenset(_family(n) for n in nets if n.prefixlen == 0)
