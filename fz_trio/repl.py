@@ -36,7 +36,7 @@ import trio
 from fz_trio import __version__
 from fz_trio.app import Interface, run_interface
 from fz_trio.config import Config
-from fz_trio.core import Peer, Tunnel, encode_key, format_endpoint
+from fz_trio.core import Peer, Tunnel, encode_key, format_endpoint, ip
 from fz_trio.datapath import icmp_echo_message
 
 log = logging.getLogger(__name__)
@@ -236,7 +236,8 @@ async def icmp_ping(source: str, destination: str, *, timeout: float = 2.0) -> f
             while True:
                 data, address = await sock.recvfrom(65535)
                 # IPv4 raw sockets receive the IP header too; IPv6 ones do not.
-                icmp = data if v6 else data[(data[0] & 0xF) * 4:]
+                shape = None if v6 else ip.layout(data)
+                icmp = data if shape is None else data[shape[1]:]
                 if (len(icmp) >= 8 and icmp[0] == reply_type and address[0] == destination
                         and int.from_bytes(icmp[4:6], "big") == ident
                         and int.from_bytes(icmp[6:8], "big") == seq):

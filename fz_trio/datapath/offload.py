@@ -191,8 +191,9 @@ class Segments:
 
     @property
     def destination(self) -> bytes:
-        template = self.template
-        return bytes(template[16:20]) if self.version == 4 else bytes(template[24:40])
+        address = ip.destination(self.template)
+        assert address is not None  # a template is a parsed IP header
+        return address
 
     @property
     def full_length(self) -> int:

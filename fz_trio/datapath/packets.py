@@ -10,6 +10,7 @@ import ipaddress
 import struct
 from collections.abc import Iterable
 
+from fz_trio.core import ip
 from fz_trio.datapath.checksum import checksum_from_sum, ones_sum
 
 
@@ -59,23 +60,21 @@ def icmp_echo(src: str, dst: str, ident: int, seq: int, payload: bytes = b"",
 
 def parse_echo(packet: bytes) -> tuple[str, str, str, int, int] | None:
     """("request" or "reply", source, destination, identifier, sequence) of an echo packet."""
-    if len(packet) >= 28 and packet[0] >> 4 == 4 and packet[9] == 1:
-        ihl = (packet[0] & 0xF) * 4
-        kinds = {8: "request", 0: "reply"}
-        src = str(ipaddress.IPv4Address(packet[12:16]))
-        dst = str(ipaddress.IPv4Address(packet[16:20]))
-        icmp = packet[ihl:]
-    elif len(packet) >= 48 and packet[0] >> 4 == 6 and packet[6] == 58:
-        kinds = {128: "request", 129: "reply"}
-        src = str(ipaddress.IPv6Address(packet[8:24]))
-        dst = str(ipaddress.IPv6Address(packet[24:40]))
-        icmp = packet[40:]
-    else:
+    shape, addresses = ip.layout(packet), ip.addresses(packet)
+    if shape is None or addresses is None:
         return None
-    if len(icmp) < 8 or icmp[0] not in kinds:
+    version, header_length, protocol = shape
+    kinds = _ECHO_KINDS.get((version, protocol))
+    icmp = packet[header_length:]
+    if kinds is None or len(icmp) < 8 or icmp[0] not in kinds:
         return None
+    src, dst = (str(ipaddress.ip_address(a)) for a in addresses)
     ident, seq = struct.unpack_from("!HH", icmp, 4)
     return kinds[icmp[0]], src, dst, ident, seq
+
+
+# (IP version, protocol) -> ICMP type -> what the echo is
+_ECHO_KINDS = {(4, 1): {8: "request", 0: "reply"}, (6, 58): {128: "request", 129: "reply"}}
 
 
 def echo_reply_to(packet: bytes, own_addresses: Iterable[str]) -> bytes | None:
@@ -84,5 +83,7 @@ def echo_reply_to(packet: bytes, own_addresses: Iterable[str]) -> bytes | None:
     if echo is None or echo[0] != "request" or echo[2] not in own_addresses:
         return None
     _, src, dst, ident, seq = echo
-    payload_at = ((packet[0] & 0xF) * 4 if packet[0] >> 4 == 4 else 40) + 8
+    shape = ip.layout(packet)
+    assert shape is not None  # parse_echo saw an IP header
+    payload_at = shape[1] + 8
     return icmp_echo(dst, src, ident, seq, packet[payload_at:], reply=True)
