@@ -20,13 +20,13 @@ from typing import Any
 
 import attrs
 
-from fz_trio.core import Network, as_network, decode_key, public_key_of
+from fz_trio.core import Network, as_network, decode_key, format_endpoint, public_key_of
 from fz_trio.ifname import check_interface_name
 
 __all__ = [
     "Config",
     "ConfigError",
-    "Endpoint",
+    "EndpointSetting",
     "InterfaceConfig",
     "PeerConfig",
     "load_config",
@@ -64,16 +64,15 @@ class ConfigError(Exception):
 
 
 @attrs.frozen
-class Endpoint:
-    """A peer's UDP address as written in the config; DNS names are resolved by the caller."""
+class EndpointSetting:
+    """A peer's `Endpoint =` as written: the host may be a DNS name, which the app resolves at
+    start (into a `fz_trio.core.Endpoint`), as wg-quick does."""
 
     host: str  # IP literal without brackets, or a DNS name
     port: int
 
     def __str__(self) -> str:
-        if ":" in self.host:
-            return f"[{self.host}]:{self.port}"
-        return f"{self.host}:{self.port}"
+        return format_endpoint((self.host, self.port))
 
 
 @attrs.frozen
@@ -81,7 +80,7 @@ class PeerConfig:
     public_key: bytes
     preshared_key: bytes | None = attrs.field(repr=False)  # a secret, like the private key
     allowed_ips: tuple[Network, ...]
-    endpoint: Endpoint | None
+    endpoint: EndpointSetting | None
     persistent_keepalive: int | None  # seconds; None means off
     line: int  # line of the [Peer] header
 
@@ -173,7 +172,7 @@ def _parse_network(token: str) -> Network:
     return as_network(f"{ip}/{prefix}")
 
 
-def _parse_endpoint(text: str) -> Endpoint:
+def _parse_endpoint(text: str) -> EndpointSetting:
     if text.startswith("["):
         host, bracket, rest = text[1:].partition("]")
         if not bracket:
@@ -203,7 +202,7 @@ def _parse_endpoint(text: str) -> Endpoint:
         port = _parse_uint(port_text, 1, 65535)
     except ValueError as e:
         raise ValueError(f"bad port in {text!r}: {e}") from None
-    return Endpoint(host, port)
+    return EndpointSetting(host, port)
 
 
 def _parse_keepalive(text: str) -> int | None:

@@ -1,4 +1,4 @@
-"""The test network of shared/testnet.md: two network namespaces joined by a veth pair.
+"""The test network: two network namespaces joined by a veth pair (docs/testing.md).
 
     netns fzt-a-<suffix>                         netns fzt-b-<suffix>
     va 198.18.0.1/30, fd00:18::1/64  <--veth-->  vb 198.18.0.2/30, fd00:18::2/64

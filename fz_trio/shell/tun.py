@@ -41,7 +41,7 @@ __all__ = [
 
 TUN_PATH = "/dev/net/tun"
 
-# ioctl numbers (see shared/reference.md): _IOW/_IOR('T', n, int) on x86-64 and arm64.
+# ioctl numbers from linux/if_tun.h: _IOW/_IOR('T', n, int) on x86-64 and arm64.
 TUNSETIFF = 0x400454CA
 TUNSETOFFLOAD = 0x400454D0
 TUNGETFEATURES = 0x800454CF
