@@ -10,7 +10,7 @@ Session does no timing itself: `created` is recorded and callers ask `usable_for
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import attrs
 
@@ -30,7 +30,7 @@ class Session:
     created: float
     send_counter: int = 0
     # The data path's per-session receive state (its replay window), created on first use.
-    receive_state: Any = None
+    receive_state: bytearray | None = None
 
     def usable_for_sending(self, now: float, timers: TimerConfig) -> bool:
         return (
@@ -69,7 +69,7 @@ class IndexTable:
     """
 
     random_bytes: Callable[[int], bytes]
-    _entries: dict[int, tuple[Peer, Any]] = attrs.Factory(dict)
+    _entries: dict[int, tuple[Peer, Session | None]] = attrs.Factory(dict)
 
     def allocate(self, peer: Peer) -> int:
         while True:
