@@ -1,7 +1,10 @@
-"""Hypothesis strategies for the differential tests of the batch kernels (native vs Python twin).
+"""Packets and hypothesis strategies for the data path tests (the twins, offload, the batched core).
 
-Packets are packed field by field here, independently of the modules under test. Nothing here
-imports a test module; `fuzz/fuzz_kernels.py` does not use this file (it decodes fuzz bytes).
+Packets are packed field by field here, independently of the modules under test: the ones'
+complement checksum is plain arithmetic, and super-packets come with the virtio_net_hdr the
+kernel gives a TUN reader (NEEDS_CSUM, csum_start = IP header length, csum_offset 16 for TCP / 6
+for UDP, the checksum field holding the folded pseudo-header sum over the whole L4 length).
+`fuzz/fuzz_kernels.py` does not use this file (it decodes fuzz bytes).
 """
 
 from __future__ import annotations
@@ -13,6 +16,12 @@ from dataclasses import dataclass, field
 
 from hypothesis import strategies as st
 
+from fz_trio.datapath.offload import VnetHeader
+
+# Wire constants (from linux/virtio_net.h, not from the module under test).
+NEEDS_CSUM = 1
+DATA_VALID = 2
+GSO_NONE, GSO_TCPV4, GSO_UDP_UFO, GSO_TCPV6, GSO_UDP_L4, GSO_ECN = 0, 1, 3, 4, 5, 0x80
 TCP, UDP = 6, 17
 FIN, SYN, RST, PSH, ACK, URG, ECE, CWR = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40, 0x80
 IPV4_MAX = 65535
@@ -33,7 +42,9 @@ def noise(seed: int, size: int) -> bytes:
 # --- checksums and builders -------------------------------------------------------------------
 
 
-def ones_sum(data: bytes | bytearray) -> int:
+def ones_sum(data: bytes | bytearray | memoryview) -> int:
+    """Ones' complement sum of big-endian 16-bit words, odd byte zero-padded: 0..0xFFFF, 0 only
+    when every word is zero."""
     data = bytes(data)
     if len(data) % 2:
         data += b"\x00"
@@ -78,6 +89,10 @@ class Flow:
     def l4hl(self) -> int:
         return 20 + len(self.options) if self.proto == TCP else 8
 
+    @property
+    def key(self) -> tuple[object, ...]:
+        return (self.version, self.proto, self.src, self.dst)
+
 
 def ip_header(flow: Flow, l4_length: int, ident: int, proto: int | None = None,
               frag: int | None = None) -> bytes:
@@ -113,7 +128,12 @@ def build(flow: Flow, payload: bytes, *, seq: int = 0, flags: int = ACK, ident: 
         where = 6
     l4 += payload
     ph = pseudo_header(flow.version, flow.src, flow.dst, flow.proto, len(l4))
-    value = ones_sum(ph) if partial else (checksum(ph + bytes(l4)) or 0xFFFF)
+    if partial:
+        value = ones_sum(ph)
+    else:
+        value = checksum(ph + bytes(l4))
+        if flow.proto == UDP and value == 0:  # zero means "no checksum" in UDP (RFC 768)
+            value = 0xFFFF
     l4[where:where + 2] = value.to_bytes(2, "big")
     return bytearray(ip_header(flow, len(l4), ident, frag=frag)) + l4
 
@@ -128,13 +148,13 @@ sequence_numbers = st.one_of(U32, st.integers(2**32 - 70_000, 2**32 - 1))
 ipv4_ids = st.one_of(U16, st.integers(0xFFC0, 0xFFFF))
 
 
-def _timestamps(t: tuple[int, int]) -> bytes:
+def timestamps_option(t: tuple[int, int]) -> bytes:
     return b"\x08\x0a" + struct.pack("!II", *t)
 
 
 _option_piece = st.one_of(
     st.just(b"\x01"),  # NOP
-    st.tuples(U32, U32).map(_timestamps),
+    st.tuples(U32, U32).map(timestamps_option),
     st.integers(0, 0xFFFF).map(lambda m: b"\x02\x04" + struct.pack("!H", m)),  # MSS
     st.integers(0, 14).map(lambda s: b"\x03\x03" + bytes([s])),  # window scale
     st.lists(st.tuples(U32, U32), min_size=1, max_size=4).map(  # SACK blocks
@@ -150,7 +170,7 @@ def tcp_options(draw: st.DrawFn) -> bytes:
     if kind == "none":
         return b""
     if kind == "timestamps":  # what Linux sends on every data segment
-        return b"\x01\x01" + _timestamps(draw(st.tuples(U32, U32)))
+        return b"\x01\x01" + timestamps_option(draw(st.tuples(U32, U32)))
     out = b""
     for piece in draw(st.lists(_option_piece, max_size=6)):
         if len(out) + len(piece) <= 40:
@@ -179,21 +199,22 @@ def flows(draw: st.DrawFn, proto: int | None = None, version: int | None = None,
 
 
 @st.composite
-def payload_sizes(draw: st.DrawFn, unit: int, limit: int) -> int:
-    """Sizes 0..`limit`, often at / around multiples of `unit` (a short last segment or not)."""
+def payload_sizes(draw: st.DrawFn, unit: int, limit: int, minimum: int = 0) -> int:
+    """Sizes `minimum`..`limit`, often at / around multiples of `unit` (a short last segment or
+    not)."""
     kind = draw(st.sampled_from(["any", "any", "zero", "one", "multiple", "multiple+1",
                                  "multiple-1", "max"]))
     if kind == "zero":
-        return 0
+        return minimum
     if kind == "one":
-        return min(1, limit)
+        return max(minimum, min(1, limit))
     if kind == "max":
         return limit
     if kind == "any":
-        return draw(st.integers(0, limit))
+        return draw(st.integers(minimum, limit))
     k = draw(st.integers(1, max(1, limit // unit)))
     size = k * unit + {"multiple": 0, "multiple+1": 1, "multiple-1": -1}[kind]
-    return max(0, min(limit, size))
+    return max(minimum, min(limit, size))
 
 
 # --- TSO/USO super-packets --------------------------------------------------------------------
@@ -239,6 +260,64 @@ def super_packets(draw: st.DrawFn, max_segments: int = 64, proto: int | None = N
         else:
             packet[4:6] = draw(U16).to_bytes(2, "big")
     return SuperPacket(bytes(packet), gso, headers, size)
+
+
+@dataclass(frozen=True)
+class TunSuperPacket:
+    """A TSO/USO super-packet as a TUN reader gets it, with what it was built from."""
+
+    flow: Flow
+    hdr: VnetHeader
+    packet: bytes
+    payload: bytes
+    gso_size: int
+    seq: int = 0
+    ident: int = 0
+    flags: int = 0
+
+
+def l4_limit(flow: Flow) -> int:
+    """Largest L4 length a super-packet of `flow` may have (64 KB IP packet)."""
+    return IPV4_MAX - flow.iphl
+
+
+@st.composite
+def tso_packets(draw: st.DrawFn, version: int | None = None,
+                max_payload: int | None = None) -> TunSuperPacket:
+    """A well-formed TSO super-packet: ACK with PSH, FIN or CWR (ECN), at least one byte."""
+    flow = draw(flows(TCP, version))
+    mss = draw(st.integers(500, 1440))
+    limit = l4_limit(flow) - flow.l4hl
+    if max_payload is not None:
+        limit = min(limit, max_payload)
+    size = draw(payload_sizes(mss, limit, minimum=1))
+    payload = noise(draw(st.integers(0, 2**32)), size)
+    seq, ident = draw(sequence_numbers), draw(ipv4_ids)
+    flags = ACK | draw(st.sampled_from([0, PSH])) | draw(st.sampled_from([0, 0, FIN])) \
+        | draw(st.sampled_from([0, 0, CWR]))
+    gso_type = GSO_TCPV4 if flow.version == 4 else GSO_TCPV6
+    if flags & CWR and draw(st.booleans()):
+        gso_type |= GSO_ECN
+    packet = build(flow, payload, seq=seq, flags=flags, ident=ident, partial=True)
+    hdr = VnetHeader(NEEDS_CSUM, gso_type, flow.iphl + flow.l4hl, mss, flow.iphl, 16)
+    return TunSuperPacket(flow, hdr, bytes(packet), payload, mss, seq, ident, flags)
+
+
+@st.composite
+def uso_packets(draw: st.DrawFn, version: int | None = None,
+                max_payload: int | None = None) -> TunSuperPacket:
+    """A well-formed USO super-packet of at most 64 datagrams, at least one byte."""
+    flow = draw(flows(UDP, version))
+    size_per_segment = draw(st.one_of(st.integers(1, 1452), st.integers(500, 1440)))
+    limit = min(l4_limit(flow) - 8, size_per_segment * 64)
+    if max_payload is not None:
+        limit = min(limit, max_payload)
+    size = draw(payload_sizes(size_per_segment, limit, minimum=1))
+    payload = noise(draw(st.integers(0, 2**32)), size)
+    ident = draw(ipv4_ids)
+    packet = build(flow, payload, ident=ident, partial=True)
+    hdr = VnetHeader(NEEDS_CSUM, GSO_UDP_L4, flow.iphl + 8, size_per_segment, flow.iphl, 6)
+    return TunSuperPacket(flow, hdr, bytes(packet), payload, size_per_segment, 0, ident, 0)
 
 
 huge_gso = st.sampled_from([65535, 65536, 65537, 2**20, 2**31 - 1, 2**32 - 1, 2**32])

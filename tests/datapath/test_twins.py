@@ -29,8 +29,7 @@ from hypothesis import strategies as st
 
 from fz_trio.datapath import _pykernels as PY
 from fz_trio.datapath import aead, replay
-
-from . import strategies as S
+from tests.datapath import strategies as S
 
 
 def _native() -> tuple[ModuleType | None, str]:

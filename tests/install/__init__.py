@@ -1,0 +1,1 @@
+"""Installing fz-trio: what pip gives when the native kernels cannot be built."""

@@ -1,5 +1,7 @@
 """The tunnel as a state machine: random operations on a simulated network, invariants after each.
 
+The machines themselves; test_state_machine.py runs them and test_mutations.py shows they bite.
+
 Three nodes (alice, bob, carol), each a sans-IO `Tunnel`, meet on `fz_trio.lab.sim.SimNetwork` with
 the protocol's real timers (REKEY_AFTER_MESSAGES/REJECT_AFTER_MESSAGES lowered to 64/100 so that
 they can be crossed). Hypothesis picks the operations — send packets, let time pass, drop,
@@ -72,7 +74,7 @@ import struct
 from typing import NoReturn
 
 import attrs
-from hypothesis import HealthCheck, note, settings
+from hypothesis import note
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -846,10 +848,3 @@ class RecoveryMachine(TunnelMachine):
     send = drop_in_flight = duplicate_in_flight = delay_in_flight = None
     degrade_link = partition = heal = replay = forge = None
 
-
-# Steps vary in cost (a liveness check simulates a minute): no per-example deadline.
-_SETTINGS = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
-TunnelMachine.TestCase.settings = _SETTINGS
-RecoveryMachine.TestCase.settings = _SETTINGS
-TestTunnelStateMachine = TunnelMachine.TestCase
-TestRecoveryMachine = RecoveryMachine.TestCase

@@ -1,10 +1,8 @@
 """Property tests of the TUN offload functions (`fz_trio.datapath.offload`).
 
-Everything the tests know about packets is written here, independently of the module under test:
-the ones' complement checksum is a plain loop over 16-bit words with end-around carry, packets
-are packed field by field, and super-packets come with the virtio_net_hdr the kernel gives a TUN
-reader (NEEDS_CSUM, csum_start = IP header length, csum_offset 16 for TCP / 6 for UDP, the
-checksum field holding the folded pseudo-header sum over the whole super-packet's L4 length).
+Packets and super-packets come from tests/datapath/strategies.py, packed field by field
+independently of the module under test; the validator here checks what a receiving kernel checks
+(lengths, the IPv4 header checksum, the TCP/UDP checksum over the pseudo-header).
 
 Properties:
 - `segment()` of a TSO/USO super-packet yields packets that a reference validator accepts, with
@@ -19,8 +17,6 @@ Properties:
 
 from __future__ import annotations
 
-import ipaddress
-import random
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -32,15 +28,41 @@ from hypothesis import strategies as st
 from fz_trio.datapath import offload
 from fz_trio.datapath.coalesce import coalesce
 from fz_trio.datapath.offload import OffloadError, VnetHeader, segment
-
-# --- wire constants (from shared/reference.md, not from the module under test) ---------------
-
-NEEDS_CSUM = 1
-DATA_VALID = 2
-GSO_NONE, GSO_TCPV4, GSO_UDP_UFO, GSO_TCPV6, GSO_UDP_L4, GSO_ECN = 0, 1, 3, 4, 5, 0x80
-TCP, UDP = 6, 17
-FIN, SYN, RST, PSH, ACK, URG, ECE, CWR = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40, 0x80
-IPV4_MAX = 65535
+from tests.datapath.strategies import (
+    ACK,
+    CWR,
+    DATA_VALID,
+    ECE,
+    FIN,
+    GSO_ECN,
+    GSO_NONE,
+    GSO_TCPV4,
+    GSO_TCPV6,
+    GSO_UDP_L4,
+    GSO_UDP_UFO,
+    IPV4_MAX,
+    NEEDS_CSUM,
+    PSH,
+    RST,
+    SYN,
+    TCP,
+    U32,
+    UDP,
+    URG,
+    Flow,
+    TunSuperPacket,
+    build,
+    checksum,
+    flows,
+    ipv4_ids,
+    noise,
+    ones_sum,
+    pseudo_header,
+    sequence_numbers,
+    timestamps_option,
+    tso_packets,
+    uso_packets,
+)
 
 FAST = settings(max_examples=100, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -63,39 +85,15 @@ def test_module_constants_match_the_kernel_abi() -> None:
 # --- reference checksum and validator --------------------------------------------------------
 
 
-def ref_sum(data: bytes | bytearray | memoryview) -> int:
-    """Ones' complement sum of big-endian 16-bit words, end-around carry, odd byte zero-padded.
-    Returns 0..0xFFFF (0 only when every word is zero)."""
-    data = bytes(data)
-    if len(data) % 2:
-        data += b"\x00"
-    total = 0
-    for i in range(0, len(data), 2):
-        total += (data[i] << 8) | data[i + 1]
-        if total > 0xFFFF:
-            total = (total & 0xFFFF) + 1
-    return total
-
-
-def ref_checksum(data: bytes) -> int:
-    return ~ref_sum(data) & 0xFFFF
-
-
 def test_reference_checksum_known_answers() -> None:
     # RFC 1071's example words 0001 f203 f4f5 f6f7 sum to ddf2 (end-around carry).
-    assert ref_sum(bytes.fromhex("0001f203f4f5f6f7")) == 0xDDF2
-    assert ref_checksum(bytes.fromhex("0001f203f4f5f6f7")) == 0x220D
+    assert ones_sum(bytes.fromhex("0001f203f4f5f6f7")) == 0xDDF2
+    assert checksum(bytes.fromhex("0001f203f4f5f6f7")) == 0x220D
     # A textbook IPv4 header (checksum b861).
     header = bytes.fromhex("450000730000400040110000c0a80001c0a800c7")
-    assert ref_checksum(header) == 0xB861
-    assert ref_sum(header[:10] + b"\xb8\x61" + header[12:]) == 0xFFFF
-    assert ref_sum(b"\x01") == 0x0100
-
-
-def pseudo_header(version: int, src: bytes, dst: bytes, proto: int, length: int) -> bytes:
-    if version == 4:
-        return src + dst + bytes([0, proto]) + struct.pack("!H", length)
-    return src + dst + struct.pack("!I", length) + b"\x00\x00\x00" + bytes([proto])
+    assert checksum(header) == 0xB861
+    assert ones_sum(header[:10] + b"\xb8\x61" + header[12:]) == 0xFFFF
+    assert ones_sum(b"\x01") == 0x0100
 
 
 @dataclass(frozen=True)
@@ -137,7 +135,7 @@ def validate(packet: bytes | bytearray) -> Parsed:
         iphl = (packet[0] & 0x0F) * 4
         assert iphl >= 20
         assert struct.unpack_from("!H", packet, 2)[0] == len(packet), "IPv4 total length"
-        assert ref_sum(packet[:iphl]) == 0xFFFF, "IPv4 header checksum"
+        assert ones_sum(packet[:iphl]) == 0xFFFF, "IPv4 header checksum"
     else:
         iphl = 40
         assert struct.unpack_from("!H", packet, 4)[0] == len(packet) - 40, "IPv6 payload length"
@@ -150,7 +148,7 @@ def validate(packet: bytes | bytearray) -> Parsed:
         assert struct.unpack_from("!H", l4, 6)[0] != 0, "UDP checksum must be present"
     else:
         assert 20 <= p.l4hl <= len(l4), "TCP data offset"
-    assert ref_sum(pseudo_header(version, p.src, p.dst, p.proto, len(l4)) + l4) == 0xFFFF, \
+    assert ones_sum(pseudo_header(version, p.src, p.dst, p.proto, len(l4)) + l4) == 0xFFFF, \
         "TCP/UDP checksum"
     return p
 
@@ -164,76 +162,7 @@ def tcp_fields(packet: bytes | bytearray) -> tuple[int, int, int, int, bytes]:
     return seq, ack, flags, window, bytes(packet[p.iphl + 20:p.iphl + p.l4hl])
 
 
-# --- flows and packet builders ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Flow:
-    version: int
-    proto: int
-    src: bytes
-    dst: bytes
-    sport: int
-    dport: int
-    tos: int = 0
-    ttl: int = 64
-    df: bool = True
-    flow_label: int = 0
-    ip_options: bytes = b""  # IPv4 only, a multiple of 4
-    options: bytes = b""  # TCP only, a multiple of 4, at most 40
-    ack: int = 1
-    window: int = 502
-
-    @property
-    def iphl(self) -> int:
-        return 20 + len(self.ip_options) if self.version == 4 else 40
-
-    @property
-    def l4hl(self) -> int:
-        return 20 + len(self.options) if self.proto == TCP else 8
-
-    @property
-    def key(self) -> tuple[object, ...]:
-        return (self.version, self.proto, self.src, self.dst)
-
-
-def ip_header(flow: Flow, l4_length: int, ident: int) -> bytes:
-    if flow.version == 4:
-        ihl = flow.iphl
-        header = bytearray(struct.pack("!BBHHHBBH4s4s", 0x40 | ihl // 4, flow.tos, ihl + l4_length,
-                                       ident & 0xFFFF, 0x4000 if flow.df else 0, flow.ttl,
-                                       flow.proto, 0, flow.src, flow.dst) + flow.ip_options)
-        header[10:12] = ref_checksum(bytes(header)).to_bytes(2, "big")
-        return bytes(header)
-    first = (6 << 28) | (flow.tos << 20) | flow.flow_label
-    return struct.pack("!IHBB16s16s", first, l4_length, flow.proto, flow.ttl, flow.src, flow.dst)
-
-
-def build(flow: Flow, payload: bytes, *, seq: int = 0, flags: int = ACK, ident: int = 0,
-          partial: bool = False, ack: int | None = None, window: int | None = None,
-          options: bytes | None = None) -> bytearray:
-    """One packet of `flow`. With `partial`, the L4 checksum field holds the folded pseudo-header
-    sum (CHECKSUM_PARTIAL, as the kernel hands it out with NEEDS_CSUM); else a full checksum."""
-    if flow.proto == TCP:
-        opts = flow.options if options is None else options
-        l4 = bytearray(struct.pack(
-            "!HHIIBBHHH", flow.sport, flow.dport, seq & 0xFFFFFFFF,
-            flow.ack if ack is None else ack, ((20 + len(opts)) // 4) << 4, flags,
-            flow.window if window is None else window, 0, 1 if flags & URG else 0) + opts)
-        where = 16
-    else:
-        l4 = bytearray(struct.pack("!HHHH", flow.sport, flow.dport, 8 + len(payload), 0))
-        where = 6
-    l4 += payload
-    ph = pseudo_header(flow.version, flow.src, flow.dst, flow.proto, len(l4))
-    if partial:
-        value = ref_sum(ph)
-    else:
-        value = ref_checksum(ph + bytes(l4))
-        if flow.proto == UDP and value == 0:
-            value = 0xFFFF
-    l4[where:where + 2] = value.to_bytes(2, "big")
-    return bytearray(ip_header(flow, len(l4), ident)) + l4
+# --- packets built from others ---------------------------------------------------------------
 
 
 def with_flags(flow: Flow, packet: bytes | bytearray, flags: int) -> bytearray:
@@ -241,10 +170,6 @@ def with_flags(flow: Flow, packet: bytes | bytearray, flags: int) -> bytearray:
     p = parse(packet)
     seq, *_ = tcp_fields(packet)
     return build(flow, p.payload, seq=seq, flags=flags, ident=p.ident)
-
-
-def payload_bytes(seed: int, size: int) -> bytes:
-    return random.Random(seed).randbytes(size)
 
 
 def run_of_segments(flow: Flow, payload: bytes, mss: int, *, seq: int = 0, ident: int = 0,
@@ -259,131 +184,6 @@ def run_of_segments(flow: Flow, payload: bytes, mss: int, *, seq: int = 0, ident
     return out
 
 
-# --- strategies ------------------------------------------------------------------------------
-
-U32 = st.integers(0, 2**32 - 1)
-v4_addresses = st.integers(0, 2**22 - 1).map(
-    lambda n: (ipaddress.IPv4Address("100.64.0.0") + n).packed)
-v6_addresses = st.binary(min_size=15, max_size=15).map(lambda b: b"\xfd" + b)
-ports = st.integers(1, 65535)
-sequence_numbers = st.one_of(U32, st.integers(2**32 - 70_000, 2**32 - 1))
-ipv4_ids = st.one_of(st.integers(0, 0xFFFF), st.integers(0xFFC0, 0xFFFF))
-
-
-def _timestamps(t: tuple[int, int]) -> bytes:
-    return b"\x08\x0a" + struct.pack("!II", *t)
-
-
-_option_piece = st.one_of(
-    st.just(b"\x01"),  # NOP
-    st.tuples(U32, U32).map(_timestamps),
-    st.lists(st.tuples(U32, U32), min_size=1, max_size=4).map(  # SACK blocks
-        lambda blocks: bytes([5, 2 + 8 * len(blocks)])
-        + b"".join(struct.pack("!II", *b) for b in blocks)),
-)
-
-
-@st.composite
-def tcp_options(draw: st.DrawFn) -> bytes:
-    kind = draw(st.sampled_from(["none", "timestamps", "mixed"]))
-    if kind == "none":
-        return b""
-    if kind == "timestamps":  # what Linux sends on every data segment
-        return b"\x01\x01" + _timestamps(draw(st.tuples(U32, U32)))
-    out = b""
-    for piece in draw(st.lists(_option_piece, max_size=5)):
-        if len(out) + len(piece) <= 40:
-            out += piece
-    pad = -len(out) % 4
-    return out + draw(st.sampled_from([b"\x01" * pad, b"\x00" * pad]))
-
-
-@st.composite
-def flows(draw: st.DrawFn, proto: int, version: int | None = None) -> Flow:
-    version = draw(st.sampled_from([4, 6])) if version is None else version
-    addresses = v4_addresses if version == 4 else v6_addresses
-    return Flow(
-        version=version, proto=proto, src=draw(addresses), dst=draw(addresses),
-        sport=draw(ports), dport=draw(ports),
-        tos=draw(st.sampled_from([0, 1, 2, 0x10, 0xB8])), ttl=draw(st.integers(1, 255)),
-        df=draw(st.booleans()), flow_label=draw(st.integers(0, 0xFFFFF)) if version == 6 else 0,
-        ip_options=(draw(st.sampled_from([b""] * 6 + [b"\x01\x01\x01\x00", b"\x01" * 8]))
-                    if version == 4 else b""),
-        options=draw(tcp_options()) if proto == TCP else b"",
-        ack=draw(U32), window=draw(st.integers(0, 0xFFFF)),
-    )
-
-
-@st.composite
-def payload_sizes(draw: st.DrawFn, unit: int, limit: int) -> int:
-    """Sizes up to `limit`, often exactly at / around multiples of `unit`, and 1."""
-    kind = draw(st.sampled_from(["any", "any", "one", "multiple", "multiple+1", "multiple-1",
-                                 "max"]))
-    if kind == "one":
-        return 1
-    if kind == "max":
-        return limit
-    if kind == "any":
-        return draw(st.integers(1, limit))
-    k = draw(st.integers(1, max(1, limit // unit)))
-    size = k * unit + {"multiple": 0, "multiple+1": 1, "multiple-1": -1}[kind]
-    return max(1, min(limit, size))
-
-
-@dataclass(frozen=True)
-class SuperPacket:
-    flow: Flow
-    hdr: VnetHeader
-    packet: bytes
-    payload: bytes
-    gso_size: int
-    seq: int = 0
-    ident: int = 0
-    flags: int = 0
-
-
-def l4_limit(flow: Flow) -> int:
-    """Largest L4 length a super-packet of `flow` may have (64 KB IP packet)."""
-    return IPV4_MAX - flow.iphl
-
-
-@st.composite
-def tso_packets(draw: st.DrawFn, version: int | None = None,
-                max_payload: int | None = None) -> SuperPacket:
-    flow = draw(flows(TCP, version))
-    mss = draw(st.integers(500, 1440))
-    limit = l4_limit(flow) - flow.l4hl
-    if max_payload is not None:
-        limit = min(limit, max_payload)
-    size = draw(payload_sizes(mss, limit))
-    payload = payload_bytes(draw(st.integers(0, 2**32)), size)
-    seq, ident = draw(sequence_numbers), draw(ipv4_ids)
-    flags = ACK | draw(st.sampled_from([0, PSH])) | draw(st.sampled_from([0, 0, FIN])) \
-        | draw(st.sampled_from([0, 0, CWR]))
-    gso_type = GSO_TCPV4 if flow.version == 4 else GSO_TCPV6
-    if flags & CWR and draw(st.booleans()):
-        gso_type |= GSO_ECN
-    packet = build(flow, payload, seq=seq, flags=flags, ident=ident, partial=True)
-    hdr = VnetHeader(NEEDS_CSUM, gso_type, flow.iphl + flow.l4hl, mss, flow.iphl, 16)
-    return SuperPacket(flow, hdr, bytes(packet), payload, mss, seq, ident, flags)
-
-
-@st.composite
-def uso_packets(draw: st.DrawFn, version: int | None = None,
-                max_payload: int | None = None) -> SuperPacket:
-    flow = draw(flows(UDP, version))
-    size_per_segment = draw(st.one_of(st.integers(1, 1452), st.integers(500, 1440)))
-    limit = min(l4_limit(flow) - 8, size_per_segment * 64)
-    if max_payload is not None:
-        limit = min(limit, max_payload)
-    size = draw(payload_sizes(size_per_segment, limit))
-    payload = payload_bytes(draw(st.integers(0, 2**32)), size)
-    ident = draw(ipv4_ids)
-    packet = build(flow, payload, ident=ident, partial=True)
-    hdr = VnetHeader(NEEDS_CSUM, GSO_UDP_L4, flow.iphl + 8, size_per_segment, flow.iphl, 6)
-    return SuperPacket(flow, hdr, bytes(packet), payload, size_per_segment, 0, ident, 0)
-
-
 def as_buffer(data: bytes, kind: str) -> bytes | bytearray | memoryview:
     return {"bytes": bytes, "bytearray": bytearray, "memoryview": memoryview}[kind](data)
 
@@ -394,7 +194,7 @@ buffer_kinds = st.sampled_from(["bytes", "bytearray", "memoryview"])
 # --- segment(): TSO ----------------------------------------------------------------------------
 
 
-def check_common_headers(sp: SuperPacket, segments: Sequence[bytearray]) -> list[Parsed]:
+def check_common_headers(sp: TunSuperPacket, segments: Sequence[bytearray]) -> list[Parsed]:
     """Every segment validates, keeps the super-packet's addresses and IP header fields, has
     at most gso_size payload (only the last may be shorter), and IPv4 ids count up."""
     assert segments, "no segments"
@@ -423,7 +223,7 @@ def check_common_headers(sp: SuperPacket, segments: Sequence[bytearray]) -> list
 
 @FAST
 @given(sp=tso_packets(), kind=buffer_kinds)
-def test_segment_tso_gives_valid_mss_sized_segments(sp: SuperPacket, kind: str) -> None:
+def test_segment_tso_gives_valid_mss_sized_segments(sp: TunSuperPacket, kind: str) -> None:
     data = as_buffer(sp.packet, kind)
     segments = segment(sp.hdr, data)
     assert bytes(data) == sp.packet, "segment() changed its input"
@@ -446,7 +246,7 @@ def test_segment_tso_gives_valid_mss_sized_segments(sp: SuperPacket, kind: str) 
 
 @FAST
 @given(sp=tso_packets(max_payload=6000), hint=st.integers(0, 70000))
-def test_segment_does_not_trust_hdr_len(sp: SuperPacket, hint: int) -> None:
+def test_segment_does_not_trust_hdr_len(sp: TunSuperPacket, hint: int) -> None:
     """The kernel's hdr_len is skb_headlen() — a hint that may be far more than the headers
     (forwarded packets) — so the TCP header length comes from the packet itself."""
     expected = segment(sp.hdr, sp.packet)
@@ -457,8 +257,8 @@ def test_segment_does_not_trust_hdr_len(sp: SuperPacket, hint: int) -> None:
 
 def test_segment_tso_wraps_sequence_numbers_and_ids() -> None:
     flow = Flow(4, TCP, bytes([100, 64, 0, 1]), bytes([100, 64, 0, 2]), 40000, 5201,
-                options=b"\x01\x01" + _timestamps((1, 2)))
-    payload = payload_bytes(1, 3 * 1000 + 7)
+                options=b"\x01\x01" + timestamps_option((1, 2)))
+    payload = noise(1, 3 * 1000 + 7)
     packet = build(flow, payload, seq=2**32 - 1500, flags=ACK | PSH, ident=0xFFFE, partial=True)
     hdr = VnetHeader(NEEDS_CSUM, GSO_TCPV4, 52, 1000, 20, 16)
     segments = segment(hdr, packet)
@@ -474,7 +274,7 @@ def test_segment_tso_wraps_sequence_numbers_and_ids() -> None:
 
 @FAST
 @given(sp=uso_packets(), kind=buffer_kinds)
-def test_segment_uso_gives_valid_datagrams(sp: SuperPacket, kind: str) -> None:
+def test_segment_uso_gives_valid_datagrams(sp: TunSuperPacket, kind: str) -> None:
     data = as_buffer(sp.packet, kind)
     segments = segment(sp.hdr, data)
     assert bytes(data) == sp.packet
@@ -484,7 +284,7 @@ def test_segment_uso_gives_valid_datagrams(sp: SuperPacket, kind: str) -> None:
 @FAST
 @given(sp=st.one_of(tso_packets(), uso_packets()), extra=st.integers(0, 40),
        offset=st.integers(0, 64))
-def test_write_run_writes_what_write_does(sp: SuperPacket, extra: int, offset: int) -> None:
+def test_write_run_writes_what_write_does(sp: TunSuperPacket, extra: int, offset: int) -> None:
     """The bulk writer of full-sized segments gives write()'s bytes, zero-padded."""
     plan = offload.Segments.of(sp.hdr, sp.packet)
     padded = plan.full_length + extra
@@ -506,7 +306,7 @@ def test_write_run_writes_what_write_does(sp: SuperPacket, extra: int, offset: i
 def plain_partial_packets(draw: st.DrawFn) -> tuple[VnetHeader, bytearray, Flow]:
     proto = draw(st.sampled_from([TCP, UDP]))
     flow = draw(flows(proto))
-    payload = payload_bytes(draw(st.integers(0, 2**32)), draw(st.integers(0, 1400)))
+    payload = noise(draw(st.integers(0, 2**32)), draw(st.integers(0, 1400)))
     flags = draw(st.sampled_from([SYN, SYN | ACK, ACK, ACK | PSH, FIN | ACK, RST, RST | ACK]))
     packet = build(flow, payload, seq=draw(U32), flags=flags, ident=draw(ipv4_ids), partial=True)
     hdr = VnetHeader(NEEDS_CSUM, draw(st.sampled_from([GSO_NONE, GSO_NONE | GSO_ECN])), 0, 0,
@@ -597,7 +397,7 @@ def check_output_headers(items: Sequence[tuple[bytes, bytes | bytearray]]) -> No
         assert hdr.flags == NEEDS_CSUM
         if p.version == 4:
             assert struct.unpack_from("!H", packet, 2)[0] == len(packet) <= IPV4_MAX
-            assert ref_sum(packet[:p.iphl]) == 0xFFFF, "IPv4 header checksum"
+            assert ones_sum(packet[:p.iphl]) == 0xFFFF, "IPv4 header checksum"
         else:
             assert struct.unpack_from("!H", packet, 4)[0] == l4_length <= 0xFFFF
         if p.proto == TCP:
@@ -610,7 +410,7 @@ def check_output_headers(items: Sequence[tuple[bytes, bytes | bytearray]]) -> No
         assert hdr.csum_start == p.iphl
         assert hdr.hdr_len == p.iphl + p.l4hl
         field = struct.unpack_from("!H", packet, p.iphl + hdr.csum_offset)[0]
-        assert field == ref_sum(pseudo_header(p.version, p.src, p.dst, p.proto, l4_length)), \
+        assert field == ones_sum(pseudo_header(p.version, p.src, p.dst, p.proto, l4_length)), \
             "checksum field is not the folded pseudo-header sum"
         segments = segment(hdr, packet)
         assert len(segments) <= offload.MAX_COALESCED_SEGMENTS
@@ -627,7 +427,7 @@ def coalesce_checked(packets: Sequence[bytearray], *, udp: bool = False
 
 @FAST
 @given(sp=tso_packets())
-def test_coalesce_of_segments_is_the_identity_tcp(sp: SuperPacket) -> None:
+def test_coalesce_of_segments_is_the_identity_tcp(sp: TunSuperPacket) -> None:
     segments = [bytes(s) for s in segment(sp.hdr, sp.packet)]
     items = coalesce_checked(copies(segments))
     groups = resegment(items)
@@ -636,7 +436,7 @@ def test_coalesce_of_segments_is_the_identity_tcp(sp: SuperPacket) -> None:
 
 @FAST
 @given(sp=uso_packets())
-def test_coalesce_of_segments_is_the_identity_udp(sp: SuperPacket) -> None:
+def test_coalesce_of_segments_is_the_identity_udp(sp: TunSuperPacket) -> None:
     segments = [bytes(s) for s in segment(sp.hdr, sp.packet)]
     items = coalesce_checked(copies(segments), udp=True)
     groups = resegment(items)
@@ -664,7 +464,7 @@ def greedy_group_count(flow: Flow, sizes: Sequence[int]) -> int:
 
 @FAST
 @given(sp=tso_packets(), psh=st.booleans())
-def test_coalesce_merges_a_plain_run_fully(sp: SuperPacket, psh: bool) -> None:
+def test_coalesce_merges_a_plain_run_fully(sp: TunSuperPacket, psh: bool) -> None:
     """An uninterrupted run of one flow's segments (ACK, PSH at the end at most) becomes as few
     super-packets as the 64-segment / 64 KB limits allow."""
     flow = sp.flow
@@ -702,7 +502,7 @@ def runs(draw: st.DrawFn, proto: int = TCP, min_segments: int = 3,
     flow = draw(flows(proto))
     mss = draw(st.integers(500, 1440))
     n = draw(st.integers(min_segments, max_segments))
-    payload = payload_bytes(draw(st.integers(0, 2**32)), n * mss)
+    payload = noise(draw(st.integers(0, 2**32)), n * mss)
     seq, ident = draw(sequence_numbers), draw(ipv4_ids)
     if proto == TCP:
         packets = run_of_segments(flow, payload, mss, seq=seq, ident=ident)
@@ -819,7 +619,7 @@ HEADER_CHANGES: dict[str, Callable[[Flow], Flow]] = {
     "options": lambda f: replace(
         f, options=(f.options[:-4] + bytes([f.options[-4] ^ 1]) + f.options[-3:]
                     if f.options.startswith(b"\x01\x01\x08\x0a")
-                    else b"\x01\x01" + _timestamps((7, 8)))),
+                    else b"\x01\x01" + timestamps_option((7, 8)))),
     "tos": lambda f: replace(f, tos=f.tos ^ 0x03),  # an ECN CE mark
     "ttl": lambda f: replace(f, ttl=f.ttl % 255 + 1),
 }
@@ -903,7 +703,7 @@ def strangers(draw: st.DrawFn) -> bytes:
     if kind == "short":
         return bytes([draw(st.sampled_from([0x45, 0x60]))]) + draw(st.binary(max_size=18))
     flow = draw(flows(TCP))
-    payload = payload_bytes(draw(st.integers(0, 2**32)), draw(st.integers(1, 1400)))
+    payload = noise(draw(st.integers(0, 2**32)), draw(st.integers(1, 1400)))
     if kind == "icmp" or (kind == "v6-fragment" and flow.version == 4):
         flow = replace(flow, proto=1 if flow.version == 4 else 58, options=b"")
         packet = build(replace(flow, proto=UDP), payload)  # any body will do
@@ -913,7 +713,7 @@ def strangers(draw: st.DrawFn) -> bytes:
     if kind == "v4-fragment" and flow.version == 4:
         packet[6:8] = struct.pack("!H", draw(st.sampled_from([0x2000, 0x2001, 0x0010, 0x6000])))
         packet[10:12] = b"\x00\x00"
-        packet[10:12] = ref_checksum(bytes(packet[:flow.iphl])).to_bytes(2, "big")
+        packet[10:12] = checksum(bytes(packet[:flow.iphl])).to_bytes(2, "big")
         return bytes(packet)
     # IPv6 fragment header (44) in front of the TCP segment.
     body = packet[40:]
@@ -960,7 +760,7 @@ def test_coalesce_never_merges_ipv4_fragments(r: tuple[Flow, list[bytearray], in
         p = bytearray(p)
         p[6:8] = struct.pack("!H", frag | (0x4000 if flow.df and not frag & 0x2000 else 0))
         p[10:12] = b"\x00\x00"
-        p[10:12] = ref_checksum(bytes(p[:flow.iphl])).to_bytes(2, "big")
+        p[10:12] = checksum(bytes(p[:flow.iphl])).to_bytes(2, "big")
         fragments.append(bytes(p))
     items = coalesce_checked(copies(fragments), udp=True)
     assert [bytes(p) for _, p in items] == fragments
@@ -972,7 +772,7 @@ def test_coalesce_never_merges_ipv4_fragments(r: tuple[Flow, list[bytearray], in
 def test_coalesce_keeps_uso_super_packets_within_64_segments(flow: Flow, size: int, n: int,
                                                              seed: int) -> None:
     """UDP_SEGMENT allows at most 64 segments per super-packet on the kernels we support."""
-    payload = payload_bytes(seed, size * n)
+    payload = noise(seed, size * n)
     packets = [build(flow, payload[i * size:(i + 1) * size], ident=i) for i in range(n)]
     items = coalesce_checked(packets, udp=True)
     groups = resegment(items)
@@ -1010,7 +810,7 @@ def test_coalesce_does_not_modify_its_input(r: tuple[Flow, list[bytearray], int]
 @FAST
 @given(sp=st.one_of(tso_packets(max_payload=3000), uso_packets(max_payload=3000)),
        data=st.data())
-def test_segment_rejects_truncated_headers(sp: SuperPacket, data: st.DataObject) -> None:
+def test_segment_rejects_truncated_headers(sp: TunSuperPacket, data: st.DataObject) -> None:
     cut = data.draw(st.integers(0, sp.flow.iphl + sp.flow.l4hl - 1))
     with pytest.raises(OffloadError):
         segment(sp.hdr, sp.packet[:cut])
@@ -1018,14 +818,14 @@ def test_segment_rejects_truncated_headers(sp: SuperPacket, data: st.DataObject)
 
 @FAST
 @given(sp=st.one_of(tso_packets(max_payload=3000), uso_packets(max_payload=3000)))
-def test_segment_rejects_gso_size_zero(sp: SuperPacket) -> None:
+def test_segment_rejects_gso_size_zero(sp: TunSuperPacket) -> None:
     with pytest.raises(OffloadError):
         segment(replace_hdr(sp.hdr, gso_size=0), sp.packet)
 
 
 @FAST
 @given(sp=tso_packets(max_payload=3000), offset=st.integers(0, 4))
-def test_segment_rejects_a_tcp_data_offset_below_5(sp: SuperPacket, offset: int) -> None:
+def test_segment_rejects_a_tcp_data_offset_below_5(sp: TunSuperPacket, offset: int) -> None:
     packet = bytearray(sp.packet)
     packet[sp.flow.iphl + 12] = offset << 4
     with pytest.raises(OffloadError):
@@ -1042,7 +842,7 @@ def replace_hdr(hdr: VnetHeader, **changes: int) -> VnetHeader:
 @FAST
 @given(sp=st.one_of(tso_packets(max_payload=3000), uso_packets(max_payload=3000)),
        gso_type=st.integers(0, 255), data=st.data())
-def test_segment_rejects_a_gso_type_that_does_not_fit(sp: SuperPacket, gso_type: int,
+def test_segment_rejects_a_gso_type_that_does_not_fit(sp: TunSuperPacket, gso_type: int,
                                                       data: st.DataObject) -> None:
     fits = {(4, TCP): GSO_TCPV4, (6, TCP): GSO_TCPV6, (4, UDP): GSO_UDP_L4, (6, UDP): GSO_UDP_L4}
     right = fits[(sp.flow.version, sp.flow.proto)]

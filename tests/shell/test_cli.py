@@ -15,7 +15,7 @@ from fz_trio.core import encode_key, generate_private_key
 
 def fz(*args: str, input: str | None = None,
        prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
-    root = str(Path(__file__).resolve().parent.parent)
+    root = str(Path(__file__).resolve().parents[2])
     env = dict(os.environ, PYTHONPATH=root)
     return subprocess.run([*prefix, sys.executable, "-m", "fz_trio", *args], input=input,
                           capture_output=True, text=True, timeout=30, env=env)

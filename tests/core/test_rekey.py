@@ -8,20 +8,18 @@ the session that sealed it must be younger than REJECT_AFTER_TIME and its counte
 
 from __future__ import annotations
 
-import random
 import struct
 from collections import Counter, defaultdict
 
 import attrs
 import pytest
-from memnet import Datagram, MemNet, det_random, private_key
 
 from fz_trio.core.timers import REJECT_AFTER_TIME, REKEY_AFTER_TIME, TimerConfig
 from fz_trio.datapath import Device, udp_packet
+from fz_trio.lab.sim import Datagram, Link, SimNetwork, SimNode, SimObserver
 
-A_ADDR = ("192.0.2.1", 51820)
-B_ADDR = ("198.51.100.2", 51820)
-WALL = 1_700_000_000.0
+A_ADDR = ("198.18.0.1", 51820)
+B_ADDR = ("198.18.0.2", 51820)
 
 
 def numbered(src: str, dst: str, seq: int) -> bytes:
@@ -30,11 +28,11 @@ def numbered(src: str, dst: str, seq: int) -> bytes:
     return udp_packet(src, dst, body, 5000, 6000)
 
 
-@attrs.define
-class Audit:
-    """Watches every datagram on the wire (the memnet hook) and records what it sees."""
+@attrs.define(eq=False)
+class Audit(SimObserver):
+    """Watches every datagram on the wire and records what it sees."""
 
-    net: MemNet
+    net: SimNetwork
     timers: TimerConfig
     used_counters: dict[bytes, set[int]] = attrs.Factory(lambda: defaultdict(set))
     max_age: dict[tuple[str, int], float] = attrs.Factory(lambda: defaultdict(float))
@@ -44,18 +42,15 @@ class Audit:
     arrived_on_old: int = 0
     arrived_on_next: int = 0
     problems: list[str] = attrs.Factory(list)
-    hold: object = None  # an optional extra hook (partition)
 
-    def __call__(self, d: Datagram) -> list[tuple[bytes, float]] | None:
-        if d.data[0] == 4:
-            self.check_transport(d)
-        return self.hold(d) if callable(self.hold) else None
+    def transmitted(self, node: SimNode, datagram: Datagram) -> None:
+        if datagram.data[0] == 4:
+            self.check_transport(node.tunnel, datagram)
 
-    def on_deliver(self, d: Datagram) -> None:
+    def delivering(self, node: SimNode, d: Datagram) -> None:
         if d.data[0] != 4 or len(d.data) < 32:
             return
-        receiver = self.net.nodes[d.dst]
-        entry = receiver.indices.get(struct.unpack_from("<I", d.data, 4)[0])
+        entry = node.tunnel.indices.get(struct.unpack_from("<I", d.data, 4)[0])
         if entry is None or entry[1] is None:
             return
         peer, session = entry
@@ -64,9 +59,8 @@ class Audit:
         elif session is peer.next:
             self.arrived_on_next += 1
 
-    def check_transport(self, d: Datagram) -> None:
+    def check_transport(self, sender: Device, d: Datagram) -> None:
         self.transports += 1
-        sender = self.net.nodes[d.src]
         receiver_index, counter = struct.unpack_from("<IQ", d.data, 4)
         (peer,) = sender.peers.values()
         sessions = [s for s in peer.sessions() if s.remote_index == receiver_index]
@@ -87,7 +81,7 @@ class Audit:
 
 @attrs.define
 class Run:
-    net: MemNet
+    net: SimNetwork
     a: Device
     b: Device
     audit: Audit
@@ -98,36 +92,52 @@ class Run:
 
 
 def setup(timers: TimerConfig, seed: int, max_latency: float = 0.3) -> Run:
-    rng = random.Random(seed)
-    net = MemNet(latency=lambda d: rng.uniform(0.05, max_latency))
-    a = Device(private_key("a"), timers=timers, random_bytes=det_random(f"a{seed}"))
-    b = Device(private_key("b"), timers=timers, random_bytes=det_random(f"b{seed}"))
-    a.add_peer(b.public_key, allowed_ips=["10.0.0.2/32"], endpoint=B_ADDR)
-    b.add_peer(a.public_key, allowed_ips=["10.0.0.1/32"], endpoint=A_ADDR)
-    net.add(A_ADDR, a)
-    net.add(B_ADDR, b)
+    # Every datagram takes 0.05 s to `max_latency`, drawn afresh: they overtake each other.
+    net = SimNetwork(seed, timers=timers, link=Link(latency=0.05, jitter=max_latency - 0.05),
+                     history_len=None, received_len=None)
+    a, b = net.add_node("a", address=A_ADDR), net.add_node("b", address=B_ADDR)
+    a.add_peer(b, allowed_ips=["10.0.0.2/32"])
+    b.add_peer(a, allowed_ips=["10.0.0.1/32"])
     audit = Audit(net, timers)
-    net.hook = audit
-    net.on_deliver = audit.on_deliver
-    return Run(net, a, b, audit)
+    net.observers.append(audit)
+    return Run(net, a.tunnel, b.tunnel, audit)
+
+
+def node(net: SimNetwork, device: Device) -> SimNode:
+    return next(n for n in net.nodes.values() if n.tunnel is device)
+
+
+def tun(net: SimNetwork, device: Device) -> list[bytes]:
+    """What `device` wrote to its TUN."""
+    return list(node(net, device).received)
+
+
+def send_from(net: SimNetwork, device: Device, packet: bytes) -> None:
+    net.send(node(net, device), packet)
 
 
 def drive(run: Run, *, duration: float, interval: float = 0.5, a_burst: int = 1,
           b_burst: int = 1, b_starts: float = 1.0, b_phase: float = 0.5) -> None:
     """A sends `a_burst` packets every `interval`, B `b_burst` (`b_phase` intervals later)."""
     net, a, b = run.net, run.a, run.b
+    (b_peer,) = b.peers.values()
+    b_speaks = False
     t = 0.0
     while t < duration:
         for _ in range(a_burst):
             packet = numbered("10.0.0.1", "10.0.0.2", len(run.sent_ab))
             run.sent_ab.append(packet)
-            net.send(a, packet)
+            send_from(net, a, packet)
         net.run_until(t + interval * b_phase)
-        if t >= b_starts:  # B speaks once the first handshake is done (see module test below)
+        # B speaks once the first handshake is done, from `b_starts` on: were B to send first,
+        # with a round trip up to REKEY_TIMEOUT, it would start a handshake of its own and be
+        # an initiator that rekeys by age too.
+        b_speaks = b_speaks or (t >= b_starts and b_peer.current is not None)
+        if b_speaks:
             for _ in range(b_burst):
                 packet = numbered("10.0.0.2", "10.0.0.1", len(run.sent_ba))
                 run.sent_ba.append(packet)
-                net.send(b, packet)
+                send_from(net, b, packet)
         t += interval
         net.run_until(t)
         for tunnel, log in ((a, run.a_indices), (b, run.b_indices)):
@@ -155,8 +165,8 @@ def test_rekey_by_time_under_steady_traffic(seed: int, max_latency: float) -> No
     a, b, net, audit = run.a, run.b, run.net, run.audit
 
     assert audit.problems == []
-    assert_exactly_once(run.sent_ab, net.tun[b])
-    assert_exactly_once(run.sent_ba, net.tun[a])
+    assert_exactly_once(run.sent_ab, tun(net, b))
+    assert_exactly_once(run.sent_ba, tun(net, a))
     assert not a.counters.drops and not b.counters.drops, (a.counters.drops, b.counters.drops)
 
     # Sessions rotated: 600 s of traffic is five REKEY_AFTER_TIME periods.
@@ -189,8 +199,8 @@ def test_rekey_by_message_count() -> None:
     a, b, net, audit = run.a, run.b, run.net, run.audit
 
     assert audit.problems == []
-    assert_exactly_once(run.sent_ab, net.tun[b])
-    assert_exactly_once(run.sent_ba, net.tun[a])
+    assert_exactly_once(run.sent_ab, tun(net, b))
+    assert_exactly_once(run.sent_ba, tun(net, a))
     assert not a.counters.drops and not b.counters.drops, (a.counters.drops, b.counters.drops)
     # About one rekey per 50 of A's messages (a handshake round trip overshoots a little).
     assert a.counters.handshakes_completed >= len(run.sent_ab) // 60
@@ -205,8 +215,8 @@ def test_rekey_by_message_count_either_side() -> None:
     run = setup(timers, seed=3)
     drive(run, duration=60.0, interval=0.5, a_burst=1, b_burst=3)
     assert run.audit.problems == []
-    assert_exactly_once(run.sent_ab, run.net.tun[run.b])
-    assert_exactly_once(run.sent_ba, run.net.tun[run.a])
+    assert_exactly_once(run.sent_ab, tun(run.net, run.b))
+    assert_exactly_once(run.sent_ba, tun(run.net, run.a))
     assert not run.a.counters.drops and not run.b.counters.drops
     assert run.b.counters.handshake_initiations_sent >= len(run.sent_ba) // 60
 
@@ -215,7 +225,7 @@ def test_session_refused_past_reject_after_time_in_a_partition() -> None:
     timers = TimerConfig()
     run = setup(timers, seed=4, max_latency=0.05)
     net, a, b, audit = run.net, run.a, run.b, run.audit
-    net.latency = 0.01
+    net.set_link("a", "b", latency=0.01, jitter=0.0)
     a_peer, b_peer = a.peers[b.public_key], b.peers[a.public_key]
 
     partitioned = False
@@ -229,30 +239,30 @@ def test_session_refused_past_reject_after_time_in_a_partition() -> None:
             return [(d.data, 1.0)]  # ...lands after it has expired at B
         return []
 
-    audit.hold = partition
-    net.send(a, numbered("10.0.0.1", "10.0.0.2", 0))
+    net.fate = partition
+    send_from(net, a, numbered("10.0.0.1", "10.0.0.2", 0))
     net.run_until(10.0)
     assert b_peer.current is not None
     created_a, created_b = a_peer.current.created, b_peer.current.created
     partitioned = True
     seq = 1
     while net.now < 185.0:
-        net.send(a, numbered("10.0.0.1", "10.0.0.2", seq))
+        send_from(net, a, numbered("10.0.0.1", "10.0.0.2", seq))
         seq += 1
         net.run_for(0.1)
     # A's rekey attempts (from REKEY_AFTER_TIME on) all vanished into the partition.
     assert a.counters.handshakes_completed == 1
     assert sent_initiations(net, since=REKEY_AFTER_TIME) >= 10
     # A never sealed with the old session once it was REJECT_AFTER_TIME old: it staged instead.
-    last_sealed = max(d.sent_at for d in net.wire if d.src == A_ADDR and d.data[0] == 4)
+    last_sealed = max(d.sent_at for d in net.history if d.src == A_ADDR and d.data[0] == 4)
     assert last_sealed < created_a + REJECT_AFTER_TIME
     assert not a_peer.current.usable_for_sending(net.now, timers)
     assert len(a_peer.staged) == round((185.0 - (created_a + REJECT_AFTER_TIME)) / 0.1)
     # B refused the straggler: its copy of the session was too old when it arrived.
     assert straggler and straggler[0].sent_at < created_a + REJECT_AFTER_TIME
     assert b.counters.drops["session_expired"] == 1
-    assert numbered("10.0.0.1", "10.0.0.2", seq - 1) not in net.tun[b]
-    assert net.tun[b] == [numbered("10.0.0.1", "10.0.0.2", 0)]
+    assert numbered("10.0.0.1", "10.0.0.2", seq - 1) not in tun(net, b)
+    assert tun(net, b) == [numbered("10.0.0.1", "10.0.0.2", 0)]
     assert created_b + REJECT_AFTER_TIME <= straggler[0].sent_at + 1.0
     assert audit.problems == []
 
@@ -262,12 +272,12 @@ def test_session_refused_past_reject_after_time_in_a_partition() -> None:
     partitioned = False
     net.run_for(10.0)
     assert a.counters.handshakes_completed == 2
-    assert net.tun[b][1:] == staged
+    assert tun(net, b)[1:] == staged
     assert audit.problems == []
 
 
-def sent_initiations(net: MemNet, since: float) -> int:
-    return sum(1 for d in net.wire if d.src == A_ADDR and d.data[0] == 1 and d.sent_at >= since)
+def sent_initiations(net: SimNetwork, since: float) -> int:
+    return sum(1 for d in net.history if d.src == A_ADDR and d.data[0] == 1 and d.sent_at >= since)
 
 
 def test_keys_are_forgotten_when_nothing_can_be_renewed() -> None:
@@ -275,10 +285,10 @@ def test_keys_are_forgotten_when_nothing_can_be_renewed() -> None:
     timers = TimerConfig()
     run = setup(timers, seed=5, max_latency=0.05)
     net, a, b = run.net, run.a, run.b
-    net.send(a, numbered("10.0.0.1", "10.0.0.2", 0))
+    send_from(net, a, numbered("10.0.0.1", "10.0.0.2", 0))
     net.run_until(1.0)
-    net.hook = lambda d: []
-    net.send(a, numbered("10.0.0.1", "10.0.0.2", 1))
+    net.fate = lambda d: []
+    send_from(net, a, numbered("10.0.0.1", "10.0.0.2", 1))
     net.run_until(3 * REJECT_AFTER_TIME + 60)
     for t in (a, b):
         (peer,) = t.peers.values()
@@ -301,16 +311,16 @@ def test_crossing_rekeys_lose_only_in_flight_packets() -> None:
     timers = attrs.evolve(TimerConfig(), rekey_after_messages=50)
     run = setup(timers, seed=7)
     net, a, b, audit = run.net, run.a, run.b, run.audit
-    net.latency = 0.5
+    net.set_link("a", "b", latency=0.5, jitter=0.0)
     a_peer, b_peer = a.peers[b.public_key], b.peers[a.public_key]
 
     def send(n_ab: int, n_ba: int) -> None:
         for _ in range(n_ab):
             run.sent_ab.append(numbered("10.0.0.1", "10.0.0.2", len(run.sent_ab)))
-            net.send(a, run.sent_ab[-1])
+            send_from(net, a, run.sent_ab[-1])
         for _ in range(n_ba):
             run.sent_ba.append(numbered("10.0.0.2", "10.0.0.1", len(run.sent_ba)))
-            net.send(b, run.sent_ba[-1])
+            send_from(net, b, run.sent_ba[-1])
 
     send(1, 0)
     net.run_for(3.0)
@@ -330,7 +340,7 @@ def test_crossing_rekeys_lose_only_in_flight_packets() -> None:
 
     assert audit.problems == []
     assert a.counters.handshakes_completed >= 2 and b.counters.handshakes_completed >= 2
-    for sent, receiver, delivered in ((run.sent_ab, b, net.tun[b]), (run.sent_ba, a, net.tun[a])):
+    for sent, receiver, delivered in ((run.sent_ab, b, tun(net, b)), (run.sent_ba, a, tun(net, a))):
         assert len(set(delivered)) == len(delivered)
         assert set(delivered) <= set(sent)
         assert receiver.counters.drops.keys() <= {"unknown_index"}
@@ -348,11 +358,11 @@ def test_receive_only_initiator_rekeys_before_the_session_expires() -> None:
     run = setup(timers, seed=8, max_latency=0.05)
     net, a, b, audit = run.net, run.a, run.b, run.audit
     b.peers[a.public_key].persistent_keepalive = 10.0
-    net.send(a, numbered("10.0.0.1", "10.0.0.2", 0))
+    send_from(net, a, numbered("10.0.0.1", "10.0.0.2", 0))
     net.run_until(1.0)
     created = a.peers[b.public_key].current.created
     net.run_until(400.0)
-    initiations = [d.sent_at for d in net.wire if d.src == A_ADDR and d.data[0] == 1]
+    initiations = [d.sent_at for d in net.history if d.src == A_ADDR and d.data[0] == 1]
     rekey_age = timers.receive_side_rekey_age
     assert rekey_age == 165.0
     assert len(initiations) >= 3  # the first handshake, then one per ~165-190 s
@@ -361,5 +371,5 @@ def test_receive_only_initiator_rekeys_before_the_session_expires() -> None:
     assert not a.counters.drops and not b.counters.drops
     assert audit.problems == []
     # B's keepalives never stopped: every one was sealed by a session younger than 180 s.
-    keepalives = [d.sent_at for d in net.wire if d.src == B_ADDR and d.data[0] == 4]
+    keepalives = [d.sent_at for d in net.history if d.src == B_ADDR and d.data[0] == 4]
     assert len(keepalives) >= 400 // 10 - 1

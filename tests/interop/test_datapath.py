@@ -10,10 +10,10 @@ import sys
 import time
 
 import pytest
-from tunnel_checks import exit_stats
 
 from fz_trio.lab.scenario import TunnelPair, iperf3
 from fz_trio.lab.testnet import TestNet
+from tests.interop.tunnel_checks import exit_stats
 
 pytestmark = pytest.mark.netns
 
@@ -66,7 +66,7 @@ def test_multiqueue_keeps_each_flow_in_order(testnet: TestNet, tun_io: str) -> N
     for side in (pair.client, pair.server):
         pair.stop_fz_trio(side)
         stats = exit_stats(side)
-        assert set(stats["counters"]["drops"]) <= {"no_route"}, stats  # type: ignore[arg-type]
+        assert set(stats["protocol"]["drops"]) <= {"no_route"}, stats  # type: ignore[arg-type]
 
 
 _FLOOD = r"""
@@ -120,7 +120,7 @@ def test_stalled_udp_side_stops_tun_reads_with_bounded_memory(testnet: TestNet,
     growth = max(samples[4:]) - samples[4]
     assert growth < 20, samples  # MB, after the first second: memory is bounded
     assert max(samples) < 150, samples
-    assert set(stats["counters"]["drops"]) <= {"no_route"}, stats  # type: ignore[arg-type]
+    assert set(stats["protocol"]["drops"]) <= {"no_route"}, stats  # type: ignore[arg-type]
     assert elapsed < 1.0, f"shutdown with a stalled socket took {elapsed:.2f}s"
 
 

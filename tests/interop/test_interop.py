@@ -10,10 +10,10 @@ from __future__ import annotations
 import time
 
 import pytest
-from tunnel_checks import transfer
 
 from fz_trio.lab.scenario import TunnelPair
 from fz_trio.lab.testnet import TestNet
+from tests.interop.tunnel_checks import transfer
 
 pytestmark = pytest.mark.netns
 

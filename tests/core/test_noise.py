@@ -16,12 +16,12 @@ import nacl.bindings
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from memnet import det_random, private_key
 
-from fz_trio.core import crypto, keys, noise
+from fz_trio.core import crypto, generate_private_key, keys, noise
 from fz_trio.core.cookie import CookieChecker, CookieJar
 from fz_trio.core.messages import CookieReply, Initiation, Response, parse_handshake
 from fz_trio.core.timers import COOKIE_REFRESH_TIME
+from fz_trio.lab.sim import det_key, det_random
 
 # --- an independent reference implementation (whitepaper, section 5.4) ------------------------
 
@@ -103,16 +103,9 @@ def ref_handshake(si: bytes, sr: bytes, ei: bytes, er: bytes, psk: bytes, ts: by
 # --- helpers driving the core -----------------------------------------------------------------
 
 
-def clamp(key: bytes) -> bytes:
-    k = bytearray(key)
-    k[0] &= 248
-    k[31] = (k[31] & 127) | 64
-    return bytes(k)
-
-
 class Side:
     def __init__(self, seed: str) -> None:
-        self.private = private_key(seed)
+        self.private = det_key(seed)
         self.public = keys.public_key_of(self.private)
 
 
@@ -128,12 +121,12 @@ def initiate(i: Side, r: Side, *, ei: bytes, ts: bytes = noise.tai64n(1_700_000_
 def full_handshake(i: Side, r: Side, *, psk_i: bytes = bytes(32), psk_r: bytes = bytes(32),
                    seed: str = "eph") -> tuple[noise.TransportKeys, noise.TransportKeys]:
     rnd = det_random(seed)
-    msg, state = initiate(i, r, ei=clamp(rnd(32)), index=11)
+    msg, state = initiate(i, r, ei=generate_private_key(rnd), index=11)
     consumed = noise.consume_initiation(msg, local_static_private=r.private,
                                         local_static_public=r.public)
     assert consumed.remote_static == i.public
     response, r_keys = noise.create_response(consumed, preshared_key=psk_r, local_index=22,
-                                             ephemeral_private=clamp(rnd(32)))
+                                             ephemeral_private=generate_private_key(rnd))
     i_keys = noise.consume_response(response, state, local_static_private=i.private,
                                     preshared_key=psk_i)
     return i_keys, r_keys
@@ -165,7 +158,7 @@ def test_primitives_match_the_reference() -> None:
 
 @pytest.mark.parametrize("psk", [bytes(32), PSK], ids=["no-psk", "psk"])
 def test_known_answer_against_independent_implementation(psk: bytes) -> None:
-    ei, er = private_key("ei"), private_key("er")
+    ei, er = det_key("ei"), det_key("er")
     ts = noise.tai64n(1_712_345_678.5)
     expected = ref_handshake(ALICE.private, BOB.private, ei, er, psk, ts, 0x11223344, 0x55667788)
 
@@ -231,14 +224,14 @@ def test_psk_mismatch_fails(psk_i: bytes, psk_r: bytes) -> None:
 
 
 def test_initiation_for_someone_else_fails() -> None:
-    msg, _ = initiate(ALICE, BOB, ei=private_key("e"))
+    msg, _ = initiate(ALICE, BOB, ei=det_key("e"))
     with pytest.raises(noise.HandshakeError):
         noise.consume_initiation(msg, local_static_private=EVE.private,
                                  local_static_public=EVE.public)
 
 
 def test_tampered_initiation_fails() -> None:
-    data = initiate(ALICE, BOB, ei=private_key("e"))[0].pack()
+    data = initiate(ALICE, BOB, ei=det_key("e"))[0].pack()
     for position in range(8, 116):  # ephemeral, encrypted static, encrypted timestamp
         for bit in (0x01, 0x80):
             tampered = bytearray(data)
@@ -250,11 +243,11 @@ def test_tampered_initiation_fails() -> None:
 
 
 def test_tampered_response_fails() -> None:
-    msg, state = initiate(ALICE, BOB, ei=private_key("e"))
+    msg, state = initiate(ALICE, BOB, ei=det_key("e"))
     consumed = noise.consume_initiation(msg, local_static_private=BOB.private,
                                         local_static_public=BOB.public)
     response, _ = noise.create_response(consumed, preshared_key=PSK, local_index=5,
-                                        ephemeral_private=private_key("r"))
+                                        ephemeral_private=det_key("r"))
     data = response.pack()
     for position in range(12, 60):  # ephemeral, encrypted nothing
         for bit in (0x01, 0x80):
@@ -268,12 +261,12 @@ def test_tampered_response_fails() -> None:
 
 
 def test_response_to_another_initiation_fails() -> None:
-    msg1, state1 = initiate(ALICE, BOB, ei=private_key("e1"))
-    _, state2 = initiate(ALICE, BOB, ei=private_key("e2"))
+    msg1, state1 = initiate(ALICE, BOB, ei=det_key("e1"))
+    _, state2 = initiate(ALICE, BOB, ei=det_key("e2"))
     consumed = noise.consume_initiation(msg1, local_static_private=BOB.private,
                                         local_static_public=BOB.public)
     response, _ = noise.create_response(consumed, preshared_key=bytes(32), local_index=5,
-                                        ephemeral_private=private_key("r"))
+                                        ephemeral_private=det_key("r"))
     with pytest.raises(noise.HandshakeError):
         noise.consume_response(response, state2, local_static_private=ALICE.private,
                                preshared_key=bytes(32))
@@ -301,7 +294,7 @@ def test_low_order_points_are_refused_by_dh(point: bytes) -> None:
 
 @pytest.mark.parametrize("point", LOW_ORDER_POINTS[:4], ids=lambda p: p.hex()[:8])
 def test_low_order_ephemeral_in_initiation_is_rejected(point: bytes) -> None:
-    msg, _ = initiate(ALICE, BOB, ei=private_key("e"))
+    msg, _ = initiate(ALICE, BOB, ei=det_key("e"))
     forged = Initiation(msg.sender, point, msg.encrypted_static, msg.encrypted_timestamp,
                         msg.mac1, msg.mac2)
     with pytest.raises(noise.HandshakeError):
@@ -311,11 +304,11 @@ def test_low_order_ephemeral_in_initiation_is_rejected(point: bytes) -> None:
 
 @pytest.mark.parametrize("point", LOW_ORDER_POINTS[:4], ids=lambda p: p.hex()[:8])
 def test_low_order_ephemeral_in_response_is_rejected(point: bytes) -> None:
-    msg, state = initiate(ALICE, BOB, ei=private_key("e"))
+    msg, state = initiate(ALICE, BOB, ei=det_key("e"))
     consumed = noise.consume_initiation(msg, local_static_private=BOB.private,
                                         local_static_public=BOB.public)
     response, _ = noise.create_response(consumed, preshared_key=bytes(32), local_index=5,
-                                        ephemeral_private=private_key("r"))
+                                        ephemeral_private=det_key("r"))
     forged = Response(response.sender, response.receiver, point, response.encrypted_nothing,
                       response.mac1, response.mac2)
     with pytest.raises(noise.HandshakeError):
@@ -326,7 +319,7 @@ def test_low_order_ephemeral_in_response_is_rejected(point: bytes) -> None:
 def test_low_order_static_in_initiation_is_rejected() -> None:
     # A correctly encrypted initiation claiming an all-zero static key: the responder's
     # static-static DH yields zeros and must be refused rather than used.
-    ei = private_key("e")
+    ei = det_key("e")
     msg, _ = noise.create_initiation(
         local_static_private=ALICE.private, local_static_public=bytes(32),
         remote_static=BOB.public, static_static=bytes(32), local_index=1, ephemeral_private=ei,
@@ -362,7 +355,7 @@ def test_tai64n_is_monotonic(t: float, dt: float) -> None:
 
 
 def stamped_initiation(jar: CookieJar, now: float = 0.0) -> bytes:
-    msg, _ = initiate(ALICE, BOB, ei=private_key("e"))
+    msg, _ = initiate(ALICE, BOB, ei=det_key("e"))
     return jar.stamp(msg.pack(), now)
 
 

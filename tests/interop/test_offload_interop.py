@@ -14,11 +14,11 @@ import json
 import sys
 
 import pytest
-from tunnel_checks import exit_stats, transfer
 
 from fz_trio.datapath import kernels
 from fz_trio.lab.scenario import Side, TunnelPair
 from fz_trio.lab.testnet import TestNet
+from tests.interop.tunnel_checks import exit_stats, transfer
 
 pytestmark = pytest.mark.netns
 
@@ -64,14 +64,14 @@ def stop_and_check_stats(pair: TunnelPair, side: Side) -> dict[str, int]:
     pair.stop_fz_trio(side)
     assert side.process is not None and side.process.returncode == 0, side.log_tail()
     stats = exit_stats(side)
-    drops = stats["counters"]["drops"]
+    drops = stats["protocol"]["drops"]
     assert set(drops) <= {"no_route"}, drops  # type: ignore[arg-type]
-    offload = stats["io"]["offload"]
-    datapath = stats["io"]["datapath"]
-    assert isinstance(offload, dict) and isinstance(datapath, dict), stats
+    io, datapath, tun = stats["io"], stats["datapath"], stats["tun"]
+    assert isinstance(io, dict) and isinstance(datapath, dict) and isinstance(tun, dict), stats
     assert datapath["kernels"] == kernels.IMPLEMENTATION, datapath
-    assert offload["gso_writes_rejected"] == 0 and offload["coalescing"] is True, offload
-    return offload | datapath  # type: ignore[no-any-return]
+    assert io["tun_gso_writes_rejected"] == 0 and tun["coalescing"] is True, (io, tun)
+    assert not io["errors"], io
+    return io | datapath  # type: ignore[no-any-return]
 
 
 TCP_CASES = [
@@ -99,7 +99,7 @@ def test_200mb_tcp_both_directions_with_offloads(testnet: TestNet, server_impl: 
         # (decrypted segments coalesced into super-packets written to TUN).
         assert offload["super_packets_read"] > 0, (side.ifname, offload)
         assert offload["segments_from_super_packets"] > offload["super_packets_read"], offload
-        assert offload["super_packets_written"] > 0, (side.ifname, offload)
+        assert offload["tun_super_packets_written"] > 0, (side.ifname, offload)
 
 
 def test_no_offload_turns_it_all_off(testnet: TestNet) -> None:
@@ -116,8 +116,8 @@ def test_no_offload_turns_it_all_off(testnet: TestNet) -> None:
     assert sent == received, (sent, received)
     pair.stop_fz_trio(side)
     stats = exit_stats(side)
-    assert "offload" not in stats["io"], stats
-    assert set(stats["counters"]["drops"]) <= {"no_route"}, stats  # type: ignore[arg-type]
+    assert stats["tun"]["offload"] == "off", stats  # type: ignore[index]
+    assert set(stats["protocol"]["drops"]) <= {"no_route"}, stats  # type: ignore[arg-type]
 
 
 # Runs in a namespace. "receive": bind host:port, print "ready", then read datagrams until all
@@ -224,4 +224,4 @@ def test_udp_segment_datagrams_arrive_intact(testnet: TestNet, server_impl: str)
     if server_impl == "fz-trio":
         server = stop_and_check_stats(pair, pair.server)
         if modes[pair.server.ifname] == "tso+uso":
-            assert server["super_packets_written"] > 0, server  # coalesced USO writes
+            assert server["tun_super_packets_written"] > 0, server  # coalesced USO writes

@@ -17,13 +17,13 @@ from collections.abc import Callable
 import pytest
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis.stateful import RuleBasedStateMachine, run_state_machine_as_test
-from test_state_machine import RecoveryMachine, TunnelMachine, Violation
 
 from fz_trio.core import tunnel as tunnel_module
 from fz_trio.core.peer import Peer
 from fz_trio.core.session import Session
 from fz_trio.core.tunnel import Tunnel
 from fz_trio.datapath import Device, _pykernels, kernels, replay
+from tests.core.machines import RecoveryMachine, TunnelMachine, Violation
 
 MAX_EXAMPLES = 200
 

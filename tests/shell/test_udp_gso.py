@@ -77,7 +77,7 @@ def test_gro_receive_splits_back_into_the_sent_datagrams(sockets) -> None:  # ty
 async def test_sender_falls_back_when_the_kernel_refuses_gso(sockets) -> None:  # type: ignore[no-untyped-def]
     """With UDP checksums switched off (SO_NO_CHECK) Linux refuses UDP_SEGMENT with EINVAL: the
     sender must count the fallback, still deliver every datagram, and stop trying GSO."""
-    from fz_trio.core.stats import Counters
+    from fz_trio.shell.stats import IoStats
     from fz_trio.shell.udp import BatchSender
 
     sender, receiver = sockets
@@ -86,10 +86,11 @@ async def test_sender_falls_back_when_the_kernel_refuses_gso(sockets) -> None:  
     sender.setblocking(False)
     endpoint = receiver.getsockname()
     datagrams = _datagrams()
-    batch_sender = BatchSender(Counters())
+    stats = IoStats()
+    batch_sender = BatchSender(stats)
     await batch_sender.send(sender, _batch(datagrams, endpoint))
     assert _receive(receiver, len(datagrams)) == datagrams
-    assert batch_sender.gso is False and batch_sender.gso_fallbacks == 1
+    assert batch_sender.gso is False and stats.udp_gso_fallbacks == 1
     await batch_sender.send(sender, _batch(datagrams, endpoint))
     assert _receive(receiver, len(datagrams)) == datagrams
-    assert batch_sender.gso_fallbacks == 1 and not batch_sender.counters.drops
+    assert stats.udp_gso_fallbacks == 1 and not stats.errors

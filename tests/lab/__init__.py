@@ -1,0 +1,1 @@
+"""The development tooling: the test network and the benchmark harness."""
