@@ -7,11 +7,12 @@ import nox
 nox.options.sessions = ["tests"]
 nox.options.reuse_existing_virtualenvs = True
 
-# What runs a second time with FZ_TRIO_PUREPYTHON=1: the twins' own tests, the core driven
-# through the data path, and interop with real peers.
-PUREPYTHON_TESTS = ["tests/datapath", "tests/test_batched_core.py", "tests/test_tunnel.py",
-                    "tests/test_state_machine.py", "tests/test_offload_interop.py",
-                    "tests/test_interop.py"]
+# What runs a second time with FZ_TRIO_PUREPYTHON=1: the twins' own tests and the replay window
+# (both on the kernels), the core driven through the data path, and interop with real peers.
+PUREPYTHON_TESTS = ["tests/datapath/test_twins.py", "tests/datapath/test_replay.py",
+                    "tests/datapath/test_batched_core.py", "tests/core/test_tunnel.py",
+                    "tests/core/test_state_machine.py", "tests/interop/test_offload_interop.py",
+                    "tests/interop/test_interop.py"]
 
 
 @nox.session
