@@ -1,4 +1,4 @@
-"""pyroute2 ships without types: only the sync `IPRoute` calls that fz_trio.shell.netconfig makes."""
+"""pyroute2 ships without types: only the sync `IPRoute` calls fz_trio.shell.netconfig makes."""
 
 from collections.abc import Callable, Sequence
 from types import TracebackType
