@@ -18,8 +18,6 @@ from typing import Literal, get_args
 import attrs
 
 from fz_trio.core import encode_key, generate_private_key, public_key_of
-from fz_trio.lab.iperf import DEFAULT_PORT
-from fz_trio.lab.iperf import iperf3 as run_iperf3
 from fz_trio.lab.testnet import TestNet, WgPeer, wait_for
 
 Implementation = Literal["fz-trio", "wireguard-go"]
@@ -163,11 +161,3 @@ class TunnelPair:
         side.process.send_signal(signal.SIGTERM)
         side.process.wait(timeout)
         return time.monotonic() - started
-
-
-def iperf3(net: TestNet, *, seconds: int, reverse: bool = False, streams: int = 1,
-           port: int = DEFAULT_PORT) -> dict[str, float]:
-    """TEMPORARY, until tests/test_datapath.py imports `fz_trio.lab.iperf.iperf3` (whose result
-    has attributes, not keys): the old dict face of one iperf3 run, nothing more."""
-    result = run_iperf3(net, seconds=seconds, reverse=reverse, streams=streams, port=port)
-    return {"mbits": result.mbits, "retransmits": float(result.retransmits)}

@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from fz_trio.lab.scenario import TunnelPair, iperf3
+from fz_trio.lab.iperf import iperf3
+from fz_trio.lab.scenario import TunnelPair
 from fz_trio.lab.testnet import TestNet
 from tests.interop.tunnel_checks import exit_stats
 
@@ -55,14 +56,14 @@ def test_multiqueue_keeps_each_flow_in_order(testnet: TestNet, tun_io: str) -> N
                for ns in (net.ns_a, net.ns_b)) - lost_before
     segments = after["TcpOutSegs"] - before["TcpOutSegs"]
     reordered = sum(after[name] - before[name] for name in REORDERING)
-    packets = result["mbits"] * 1e6 * 3 / 8 / 1400
+    packets = result.mbits * 1e6 * 3 / 8 / 1400
     assert packets > 10_000 and segments > 1000, (result, segments)
     # The sender's kernel detected (almost) no reordering. (Losses do happen: a saturated
     # tunnel drops at its UDP receive buffer, kept small to bound the delay under load, and TCP
     # retransmits those; they are counted by the kernel, and they are not reordering.)
     assert reordered <= packets / 1000, (reordered, packets)
     # One receive-buffer drop is one GRO skb: up to 64 datagrams.
-    assert result["retransmits"] <= packets / 1000 + 64 * lost, (result, packets, lost)
+    assert result.retransmits <= packets / 1000 + 64 * lost, (result, packets, lost)
     for side in (pair.client, pair.server):
         pair.stop_fz_trio(side)
         stats = exit_stats(side)
