@@ -1,10 +1,11 @@
-"""Developer sessions: `nox -s tests`, `props`, `lint`, `demo`, `bench`."""
+"""Developer sessions: `nox` (= `typecheck` then `tests`), `props`, `lint`, `demo`, `bench`,
+`sanitize`, `fuzz`."""
 
 from __future__ import annotations
 
 import nox
 
-nox.options.sessions = ["tests"]
+nox.options.sessions = ["typecheck", "tests"]
 nox.options.reuse_existing_virtualenvs = True
 
 # What runs a second time with FZ_TRIO_PUREPYTHON=1: the twins' own tests and the replay window
