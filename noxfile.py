@@ -37,7 +37,7 @@ def props(session: nox.Session) -> None:
     """The state-machine tests with the `long` hypothesis profile (thousands of runs), and the
     check that each deliberately broken core is caught."""
     session.install("-e", ".[test]")
-    session.run("pytest", "tests/test_state_machine.py", "tests/test_mutations.py",
+    session.run("pytest", "tests/core/test_state_machine.py", "tests/core/test_mutations.py",
                 *session.posargs, env={"HYPOTHESIS_PROFILE": "long"})
 
 

@@ -10,10 +10,11 @@ time pass in milliseconds.
 
 Deterministic: one seed drives the network's own `random.Random` and, derived from it, every
 tunnel's `random_bytes` and every generated key, so the same seed and the same calls give the same
-bytes on the wire. Addresses follow the test network's plan (shared/testnet.md): the underlay is
+bytes on the wire. Addresses follow the test network's plan (docs/testing.md): the underlay is
 198.18.0.0/15, tunnel addresses are 100.64.0.0/10 and fd00::/8 — in memory, but kept to anyway.
 
-Used by the state-machine tests and by the developer REPL (`fz-trio repl --sim`):
+Used by the core and data path tests (tests/core, tests/datapath) and by the developer REPL
+(`fz-trio repl --sim`):
 
     net = SimNetwork(seed=1)
     alice, bob = net.add_node("alice"), net.add_node("bob")
@@ -46,9 +47,11 @@ from fz_trio.core import (
     Endpoint,
     Peer,
     TimerConfig,
+    as_network,
     encode_key,
     format_endpoint,
     generate_private_key,
+    ip,
     messages,
 )
 from fz_trio.datapath import Device, echo_reply_to, icmp_echo, parse_echo
@@ -228,11 +231,11 @@ class SimNode:
         self.tunnel.set_allowed_ips(key, self.peers[key].allowed_ips)
         # An identical prefix moves from its old peer to this one (as in wg): keep that in the
         # other peers' saved settings too, or a restart would give it back.
-        taken = {str(ipaddress.ip_network(n, strict=False)) for n in allowed_ips}
+        taken = {str(as_network(n)) for n in allowed_ips}
         for other_key, settings in self.peers.items():
             if other_key != key:
                 settings.allowed_ips = [n for n in settings.allowed_ips
-                                        if str(ipaddress.ip_network(n, strict=False)) not in taken]
+                                        if str(as_network(n)) not in taken]
 
     def set_preshared_key(self, other: SimNode | bytes, preshared_key: bytes | None) -> None:
         key = _key_of(other)
@@ -665,13 +668,13 @@ def describe_packet(packet: bytes) -> str:
     if echo is not None:
         kind, src, dst, ident, seq = echo
         return f"ICMP echo {kind} {src} -> {dst} id {ident} seq {seq}"
-    if packet and packet[0] >> 4 == 4 and len(packet) >= 20:
-        v4 = ipaddress.IPv4Address(packet[12:16]), ipaddress.IPv4Address(packet[16:20])
-        return f"IPv4 {v4[0]} -> {v4[1]} proto {packet[9]} ({len(packet)} B)"
-    if packet and packet[0] >> 4 == 6 and len(packet) >= 40:
-        v6 = ipaddress.IPv6Address(packet[8:24]), ipaddress.IPv6Address(packet[24:40])
-        return f"IPv6 {v6[0]} -> {v6[1]} next header {packet[6]} ({len(packet)} B)"
-    return f"not IP ({len(packet)} B)"
+    shape, addresses = ip.layout(packet), ip.addresses(packet)
+    if shape is None or addresses is None:
+        return f"not IP ({len(packet)} B)"
+    version, _, protocol = shape
+    source, destination = (ipaddress.ip_address(a) for a in addresses)
+    what = "proto" if version == 4 else "next header"
+    return f"IPv{version} {source} -> {destination} {what} {protocol} ({len(packet)} B)"
 
 
 class Tracer(SimObserver):
