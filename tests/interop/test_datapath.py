@@ -14,15 +14,9 @@ import pytest
 from fz_trio.lab.iperf import iperf3
 from fz_trio.lab.scenario import TunnelPair
 from fz_trio.lab.testnet import TestNet
-from tests.interop.tunnel_checks import exit_stats
+from tests.interop.tunnel_checks import exit_stats, nstat
 
 pytestmark = pytest.mark.netns
-
-
-def nstat(net: TestNet, ns: str, *names: str) -> dict[str, int]:
-    out = net.run(ns, "nstat", "-az", "--json", *names).stdout
-    counters = json.loads(out)["kernel"]
-    return {name: int(counters.get(name, 0)) for name in names}
 
 
 def vm_rss_mb(pid: int) -> float:

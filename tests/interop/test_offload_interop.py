@@ -18,7 +18,7 @@ import pytest
 from fz_trio.datapath import kernels
 from fz_trio.lab.scenario import Side, TunnelPair
 from fz_trio.lab.testnet import TestNet
-from tests.interop.tunnel_checks import exit_stats, transfer
+from tests.interop.tunnel_checks import exit_stats, nstat, transfer
 
 pytestmark = pytest.mark.netns
 
@@ -164,7 +164,7 @@ if role == "send":
 else:
     expected = sum(len(lengths) for _, lengths in schedule())
     sock = socket.socket(family, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, 33, 16 << 20)  # SO_RCVBUFFORCE
+    sock.setsockopt(socket.SOL_SOCKET, 33, 64 << 20)  # SO_RCVBUFFORCE
     sock.bind((host, port))
     print("ready", flush=True)
     sock.settimeout(5)
@@ -190,7 +190,15 @@ else:
 """
 
 
+# What the receiving host's kernel drops when our test receiver falls behind (a socket buffer
+# full): not the tunnel's loss, and counted, so the tests can tell the two apart.
+RECEIVER_DROPS = ("UdpRcvbufErrors", "Udp6RcvbufErrors")
+
+
 def udp_segment_run(net: TestNet, host: str, port: int) -> tuple[int, dict[str, object]]:
+    """Datagrams sent from B with UDP_SEGMENT to `host`:`port` in A; (how many were sent,
+    what the receiver saw, plus `receiver_drops`: those A's kernel dropped at its socket)."""
+    before = sum(nstat(net, net.ns_a, *RECEIVER_DROPS).values())
     script = net.tmpdir / "offload_udp.py"
     script.write_text(_UDP_PEER)
     receiver = net.popen(net.ns_a, sys.executable, str(script), "receive", host, str(port),
@@ -200,7 +208,9 @@ def udp_segment_run(net: TestNet, host: str, port: int) -> tuple[int, dict[str, 
     sender = net.run(net.ns_b, sys.executable, str(script), "send", host, str(port), timeout=60)
     out, err = receiver.communicate(timeout=60)
     assert receiver.returncode == 0, err
-    return int(sender.stdout.strip()), json.loads(out)
+    verdict = json.loads(out)
+    verdict["receiver_drops"] = sum(nstat(net, net.ns_a, *RECEIVER_DROPS).values()) - before
+    return int(sender.stdout.strip()), verdict
 
 
 @pytest.mark.parametrize("server_impl", ["fz-trio", "wireguard-go"])
@@ -216,7 +226,9 @@ def test_udp_segment_datagrams_arrive_intact(testnet: TestNet, server_impl: str)
         sent, verdict = udp_segment_run(net, host, port)
         assert verdict["expected"] == sent, verdict
         assert verdict["bad"] == 0 and verdict["dups"] == 0, verdict
-        assert verdict["received"] == sent, verdict
+        # Every datagram got through the tunnel: the receiver has it, or A's kernel counted it
+        # dropped at the receiver's full socket (a loaded machine; the tunnel is past by then).
+        assert verdict["received"] + verdict["receiver_drops"] == sent, verdict
     client = stop_and_check_stats(pair, pair.client)
     if modes[pair.client.ifname] == "tso+uso":
         assert client["super_packets_read"] > 0, client  # USO super-packets from the sender

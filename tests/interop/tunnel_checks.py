@@ -11,6 +11,13 @@ from fz_trio.lab.testnet import TestNet
 
 TRANSFER_BYTES = 50 * 1024 * 1024
 
+
+def nstat(net: TestNet, ns: str, *names: str) -> dict[str, int]:
+    """The kernel's SNMP counters of namespace `ns` (absolute: each test has fresh ones)."""
+    out = net.run(ns, "nstat", "-az", "--json", *names).stdout
+    counters = json.loads(out)["kernel"]
+    return {name: int(counters.get(name, 0)) for name in names}
+
 # Serve one TCP connection on host:port in a namespace. "sink" reads to EOF and prints the SHA-256
 # of what it read; "source" sends `size` seeded bytes and prints their SHA-256. The client roles
 # "send"/"receive" are the same from the connecting side.
