@@ -14,7 +14,7 @@ import json
 import logging
 import signal
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
 import attrs
@@ -68,14 +68,14 @@ class Interface:
     network: InterfaceNetwork
     loops: PacketLoops
     stats: InterfaceStats
-    offload: TunOffload | None
 
     def report(self) -> dict[str, object]:
         """The statistics, and the TUN offload state, as the exit log line shows them."""
+        offload = self.loops.offload
         tun: dict[str, object] = {"queues": len(self.tun.fds), "io": self.loops.tun_io.value,
-                                  "offload": self.offload.mode.value if self.offload else "off"}
-        if self.offload is not None:
-            tun["coalescing"] = self.offload.coalescing
+                                  "offload": offload.mode.value if offload else "off"}
+        if offload is not None:
+            tun["coalescing"] = offload.coalescing
         return self.stats.as_dict() | {"tun": tun, "udp_gso": self.loops.sender.gso}
 
 
@@ -90,19 +90,18 @@ async def resolve_endpoint(host: str, port: int) -> Endpoint:
 
 
 @asynccontextmanager
-async def interface_up(config: Config, options: Options = Options(), *,
-                       log_info: Callable[[str], None] = log.info) -> AsyncIterator[Interface]:
+async def interface_up(config: Config, options: Options = Options()
+                       ) -> AsyncIterator[Interface]:
     """The interface of `config`, up for the body of the `async with`, taken down after it."""
     async with AsyncExitStack() as undo:
         try:
-            interface = await _bring_up(config, options, undo, log_info)
+            interface = await _bring_up(config, options, undo)
         except (TunError, NetConfigError, UdpError) as e:
             raise StartError(str(e)) from e
         yield interface
 
 
-async def _bring_up(config: Config, options: Options, undo: AsyncExitStack,
-                    log_info: Callable[[str], None]) -> Interface:
+async def _bring_up(config: Config, options: Options, undo: AsyncExitStack) -> Interface:
     iface = config.interface
     mtu = iface.mtu or DEFAULT_MTU
     endpoints = {}
@@ -136,13 +135,13 @@ async def _bring_up(config: Config, options: Options, undo: AsyncExitStack,
     if kernels.IMPLEMENTATION != "native":
         log.warning("data path kernels: the Python twin (%s), 2-4x slower per packet than "
                     "the native ones", kernels.REASON)
-    log_info(f"interface {config.interface_name} up: mtu {mtu}, udp port {udp.port}, "
+    log.info(f"interface {config.interface_name} up: mtu {mtu}, udp port {udp.port}, "
              f"{len(config.peers)} peer(s), {options.tun_queues} TUN queue(s) "
              f"({options.tun_io.value}), UDP GSO {'on' if options.gso else 'off'}, "
              f"TUN offload {mode.value if mode else 'off'}, "
              f"{kernels.IMPLEMENTATION} data path kernels"
              + (f", full tunnel via table {full_tunnel.fwmark}" if full_tunnel else ""))
-    return Interface(config, device, tun, udp, network, loops, stats, offload)
+    return Interface(config, device, tun, udp, network, loops, stats)
 
 
 def _open_tun(name: str, options: Options) -> tuple[TunDevice, OffloadMode | None]:
