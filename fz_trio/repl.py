@@ -183,7 +183,8 @@ class PingResult:
 def describe_tunnel(tunnel: Tunnel, now: float, names: dict[bytes, str] | None = None) -> str:
     """Peers, their sessions and endpoints, and the counters: what `show()` prints."""
     names = names or {}
-    lines = [f"interface key {encode_key(tunnel.public_key)}"]
+    own = tunnel.public_key
+    lines = [f"interface key {encode_key(own) if own else '(none: no private key set)'}"]
     for key, peer in tunnel.peers.items():
         name = names.get(key, encode_key(key)[:8] + "…")
         networks = ", ".join(str(n) for n in tunnel.allowed_ips.networks_of(peer)) or "-"

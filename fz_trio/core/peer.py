@@ -37,8 +37,11 @@ MAX_STAGED_PACKETS = 128
 
 @attrs.define
 class LocalIdentity:
-    private_key: bytes
-    public_key: bytes
+    """The interface's own key pair, shared by the Tunnel and its peers; None before a private
+    key is set (a userspace interface starts without one and gets it over UAPI)."""
+
+    private_key: bytes | None = attrs.field(repr=False)
+    public_key: bytes | None
 
 
 @attrs.frozen
@@ -81,9 +84,8 @@ class Peer:
     indices: IndexTable
     counters: Counters
     random_bytes: Callable[[int], bytes]
-    mtu: int = 1420
 
-    static_static: bytes = attrs.field(init=False)
+    static_static: bytes | None = attrs.field(init=False, repr=False)
     cookies: CookieJar = attrs.field(init=False)
 
     # Sessions: `next` is the responder's not-yet-confirmed one.
@@ -115,8 +117,14 @@ class Peer:
     last_handshake_wall: float | None = None
 
     def __attrs_post_init__(self) -> None:
-        self.static_static = crypto.dh(self.identity.private_key, self.public_key)
         self.cookies = CookieJar(self.public_key)
+        self.identity_changed()
+
+    def identity_changed(self) -> None:
+        """Recompute what depends on the local private key (the static-static DH)."""
+        private_key = self.identity.private_key
+        self.static_static = (None if private_key is None
+                              else crypto.dh(private_key, self.public_key))
 
     # --- outbound data ----------------------------------------------------------------------
 
@@ -205,13 +213,17 @@ class Peer:
         if self.endpoint is None:
             self.counters.drop("no_endpoint")
             return
+        private_key, public_key = self.identity.private_key, self.identity.public_key
+        if private_key is None or public_key is None or self.static_static is None:
+            self.counters.drop("no_private_key")
+            return
         if self.pending is not None:
             self.indices.free(self.pending.local_index)
         local_index = self.indices.allocate(self)
         ephemeral = clamp(self.random_bytes(32))
         msg, self.pending = noise.create_initiation(
-            local_static_private=self.identity.private_key,
-            local_static_public=self.identity.public_key,
+            local_static_private=private_key,
+            local_static_public=public_key,
             remote_static=self.public_key,
             static_static=self.static_static,
             local_index=local_index,
@@ -220,6 +232,7 @@ class Peer:
         )
         datagram = self.cookies.stamp(msg.pack(), now)
         self.last_initiation_sent = now
+        self.tx_bytes += len(datagram)  # wireguard-go and the kernel count handshakes too
         out.transmit(datagram, self.endpoint)
         self.counters.handshake_initiations_sent += 1
         self._on_authenticated_sent(now)
@@ -228,11 +241,12 @@ class Peer:
     def consume_response(self, msg: Response, raw: bytes, source: Endpoint, now: float, wall: float,
                          out: Outbox) -> bool:
         state = self.pending
-        if state is None or state.local_index != msg.receiver:
+        private_key = self.identity.private_key
+        if state is None or state.local_index != msg.receiver or private_key is None:
             return False
         try:
             keys = noise.consume_response(
-                msg, state, local_static_private=self.identity.private_key,
+                msg, state, local_static_private=private_key,
                 preshared_key=self.preshared_key,
             )
         except noise.HandshakeError:
@@ -427,6 +441,33 @@ class Peer:
         if self.pending is not None:
             self.indices.free(self.pending.local_index)
             self.pending = None
+
+    def expire_for_new_identity(self) -> None:
+        """The local private key changed: the handshake in flight is void and the sessions may
+        no longer send (they still receive what is already on its way), so the next packet
+        starts a handshake under the new key at once — as wireguard-go expires keypairs."""
+        if self.pending is not None:
+            self.indices.free(self.pending.local_index)
+            self.pending = None
+        for session in (self.current, self.next):
+            if session is not None:
+                session.send_counter = self.timers.reject_after_messages
+        self.last_initiation_sent = float("-inf")
+        self.retransmit_handshake_at = None
+        self.handshake_attempts = 0
+
+    def set_persistent_keepalive(self, seconds: float | None, now: float, wall: float,
+                                 out: Outbox) -> None:
+        """A new persistent-keepalive interval, live: turning it on sends a keepalive at once
+        (which starts a handshake without a session), as wireguard-go does."""
+        was_on = bool(self.persistent_keepalive)
+        self.persistent_keepalive = seconds or None
+        if not self.persistent_keepalive:
+            self.persistent_keepalive_at = None
+        elif not was_on and self.endpoint is not None:
+            self.send_keepalive(now, wall, out)
+        elif self.persistent_keepalive_at is not None:
+            self.persistent_keepalive_at = now + self.persistent_keepalive
 
     def sessions(self) -> list[Session]:
         return [s for s in (self.current, self.previous, self.next) if s is not None]

@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable
 
-from fz_trio.core import messages, noise
+from fz_trio.core import crypto, messages, noise
 from fz_trio.core.allowed_ips import AllowedIPs, Network, as_network
 from fz_trio.core.cookie import CookieChecker
 from fz_trio.core.crypto import CryptoError
@@ -48,16 +48,17 @@ class TunnelError(ValueError):
 class Tunnel:
     def __init__(
         self,
-        private_key: bytes,
+        private_key: bytes | None,
         *,
         mtu: int = 1420,
         timers: TimerConfig | None = None,
         random_bytes: Callable[[int], bytes] = os.urandom,
         under_load_threshold: int = DEFAULT_UNDER_LOAD_THRESHOLD,
     ) -> None:
-        if len(private_key) != 32:
+        if private_key is not None and len(private_key) != 32:
             raise TunnelError("private key must be 32 bytes")
-        self.identity = LocalIdentity(private_key, public_key_of(private_key))
+        self.identity = LocalIdentity(
+            private_key, None if private_key is None else public_key_of(private_key))
         self.mtu = mtu
         self.timers = timers or TimerConfig()
         self.random_bytes = random_bytes
@@ -67,7 +68,8 @@ class Tunnel:
         # address bytes -> peer (or None), in front of the prefix table; cleared on any change.
         self._route_cache: dict[bytes, Peer | None] = {}
         self.indices = IndexTable(random_bytes)
-        self.cookie_checker = CookieChecker(self.identity.public_key, random_bytes)
+        self.cookie_checker = (None if self.identity.public_key is None
+                               else CookieChecker(self.identity.public_key, random_bytes))
         self.under_load_threshold = under_load_threshold
         self.force_under_load = False
         self._handshake_window_start = float("-inf")
@@ -78,8 +80,13 @@ class Tunnel:
         self.routes_version = 0
 
     @property
-    def public_key(self) -> bytes:
+    def public_key(self) -> bytes | None:
+        """The interface's public key; None while it has no private key."""
         return self.identity.public_key
+
+    @property
+    def private_key(self) -> bytes | None:
+        return self.identity.private_key
 
     # --- configuration ----------------------------------------------------------------------
 
@@ -92,23 +99,18 @@ class Tunnel:
         endpoint: Endpoint | None = None,
         persistent_keepalive: float | None = None,
     ) -> Peer:
-        if len(public_key) != 32:
-            raise TunnelError("peer public key must be 32 bytes")
         if public_key in self.peers:
             raise TunnelError("peer already exists")
         if public_key == self.public_key:
             raise TunnelError("a peer cannot have our own public key")
-        try:
-            peer = Peer(
-                identity=self.identity, public_key=public_key,
-                preshared_key=preshared_key or bytes(32),
-                endpoint=None if endpoint is None else normalise(endpoint),
-                persistent_keepalive=persistent_keepalive or None, timers=self.timers,
-                indices=self.indices, counters=self.counters, random_bytes=self.random_bytes,
-                mtu=self.mtu,
-            )
-        except CryptoError as e:
-            raise TunnelError(f"peer public key is unusable: {e}") from e
+        check_peer_key(public_key)
+        peer = Peer(
+            identity=self.identity, public_key=public_key,
+            preshared_key=preshared_key or bytes(32),
+            endpoint=None if endpoint is None else normalise(endpoint),
+            persistent_keepalive=persistent_keepalive or None, timers=self.timers,
+            indices=self.indices, counters=self.counters, random_bytes=self.random_bytes,
+        )
         self.peers[public_key] = peer
         self.set_allowed_ips(public_key, allowed_ips)
         return peer
@@ -129,8 +131,46 @@ class Tunnel:
         for network in allowed_ips:
             self.allowed_ips.insert(as_network(network), peer)
 
+    def add_allowed_ips(self, public_key: bytes, allowed_ips: Iterable[Network | str]) -> None:
+        """More prefixes for a peer; one another peer holds moves to this one (as in wg)."""
+        peer = self.peers[public_key]
+        self._route_cache.clear()
+        self.routes_version += 1
+        for network in allowed_ips:
+            self.allowed_ips.insert(as_network(network), peer)
+
+    def allowed_ips_of(self, public_key: bytes) -> list[Network]:
+        return self.allowed_ips.networks_of(self.peers[public_key])
+
     def set_preshared_key(self, public_key: bytes, preshared_key: bytes | None) -> None:
         self.peers[public_key].preshared_key = preshared_key or bytes(32)
+
+    def set_endpoint(self, public_key: bytes, endpoint: Endpoint) -> None:
+        self.peers[public_key].endpoint = normalise(endpoint)
+
+    def set_persistent_keepalive(self, public_key: bytes, seconds: float | None, now: float,
+                                 wall: float) -> None:
+        """Live: turning it on sends a keepalive now (see `Peer.set_persistent_keepalive`)."""
+        self.peers[public_key].set_persistent_keepalive(seconds, now, wall, self.outbox)
+
+    def set_private_key(self, private_key: bytes | None) -> None:
+        """A new local identity, live (None removes it). The same key again changes nothing;
+        a new one drops a peer that has its public key (wireguard-go does the same), voids the
+        handshakes in flight and stops every session from sending, so traffic resumes under
+        the new key after one handshake."""
+        if private_key == self.identity.private_key:
+            return
+        if private_key is not None and len(private_key) != 32:
+            raise TunnelError("private key must be 32 bytes")
+        public_key = None if private_key is None else public_key_of(private_key)
+        if public_key is not None and public_key in self.peers:
+            self.remove_peer(public_key)
+        self.identity.private_key, self.identity.public_key = private_key, public_key
+        self.cookie_checker = (None if public_key is None
+                               else CookieChecker(public_key, self.random_bytes))
+        for peer in self.peers.values():
+            peer.identity_changed()
+            peer.expire_for_new_identity()
 
     def start(self, now: float, wall: float) -> None:
         """Bring the tunnel up: peers with a persistent keepalive handshake at once, like wg."""
@@ -231,19 +271,23 @@ class Tunnel:
             if entry is None or not entry[0].consume_cookie_reply(msg, now):
                 self.counters.drop("cookie_reply_rejected")
             return
-        if not self.cookie_checker.mac1_valid(data):
+        checker = self.cookie_checker
+        private_key, public_key = self.identity.private_key, self.identity.public_key
+        if checker is None or private_key is None or public_key is None:
+            self.counters.drop("no_private_key")
+            return
+        if not checker.mac1_valid(data):
             self.counters.drop("handshake_bad_mac1")
             return
-        if self._under_load(now) and not self.cookie_checker.mac2_valid(data, source, now):
-            reply = self.cookie_checker.make_reply(data, msg.sender, source, now)
+        if self._under_load(now) and not checker.mac2_valid(data, source, now):
+            reply = checker.make_reply(data, msg.sender, source, now)
             self.outbox.transmit(reply.pack(), source)
             self.counters.cookie_replies_sent += 1
             return
         if isinstance(msg, messages.Initiation):
             try:
                 consumed = noise.consume_initiation(
-                    msg, local_static_private=self.identity.private_key,
-                    local_static_public=self.identity.public_key,
+                    msg, local_static_private=private_key, local_static_public=public_key,
                 )
             except noise.HandshakeError:
                 self.counters.drop("handshake_auth")
@@ -259,6 +303,21 @@ class Tunnel:
                 self.counters.drop("unknown_index")
                 return
             entry[0].consume_response(msg, data, source, now, wall, self.outbox)
+
+
+# Any valid private key shows whether a peer's public key is usable: X25519 gives all zeros
+# exactly for the low-order points, whatever the scalar.
+_PROBE_KEY = bytes([64] * 32)
+
+
+def check_peer_key(public_key: bytes) -> None:
+    """Raise TunnelError when `public_key` cannot be a peer's (wrong size, a low-order point)."""
+    if len(public_key) != 32:
+        raise TunnelError("peer public key must be 32 bytes")
+    try:
+        crypto.dh(_PROBE_KEY, public_key)
+    except CryptoError as e:
+        raise TunnelError(f"peer public key is unusable: {e}") from e
 
 
 def normalise(endpoint: Endpoint) -> Endpoint:

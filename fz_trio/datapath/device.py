@@ -9,6 +9,7 @@ one UDP GRO read that belongs to one session. Inputs and outputs:
     device.send_reads(vnet_reads, now, wall)        # from a TUN opened with IFF_VNET_HDR
     device.receive_batch(buf, n, size, src, now, wall)  # a UDP GRO read (receive_datagram: one)
     device.handle_timeout(now, wall)                # when now >= device.poll_timeout()
+    device.flush_outbox()                           # after a live configuration change
     device.take_batches() / recycle(batches)       # GSO batches for UDP (take_transmits: each)
     device.take_tun_packets()                      # plaintext packets for TUN
 
@@ -91,7 +92,7 @@ class Device(Tunnel):
         """IP packets read from TUN: routed by destination; consecutive packets to one peer are
         sealed as one run."""
         self._route_and_seal(packets, now, wall)
-        self._flush_outbox()
+        self.flush_outbox()
 
     def send_reads(self, reads: Iterable[Buffer], now: float, wall: float) -> int:
         """TUN reads that start with a virtio_net_hdr: plain packets (a partial checksum is
@@ -126,13 +127,13 @@ class Device(Tunnel):
         if plain:
             count += len(plain)
             self._route_and_seal(plain, now, wall)
-        self._flush_outbox()
+        self.flush_outbox()
         return count
 
     def send_segments(self, segments: Segments, now: float, wall: float) -> None:
         """The segments of a TUN super-packet: routed once, built and sealed in runs."""
         self._send_segments(segments, now, wall)
-        self._flush_outbox()
+        self.flush_outbox()
 
     def _route_and_seal(self, packets: Iterable[Buffer], now: float, wall: float) -> None:
         run: list[Buffer] = []
@@ -263,7 +264,7 @@ class Device(Tunnel):
                 continue
             start = self._open_run(view, start, nbytes, size, receiver, entry[0], entry[1],
                                    source, now, wall)
-        self._flush_outbox()
+        self.flush_outbox()
 
     def _open_run(self, view: memoryview, start: int, nbytes: int, size: int, receiver: int,
                   peer: Peer, session: Session, source: Endpoint, now: float, wall: float) -> int:
@@ -324,14 +325,16 @@ class Device(Tunnel):
 
     def start(self, now: float, wall: float) -> None:
         super().start(now, wall)
-        self._flush_outbox()
+        self.flush_outbox()
 
     def handle_timeout(self, now: float, wall: float) -> None:
         super().handle_timeout(now, wall)
-        self._flush_outbox()
+        self.flush_outbox()
 
-    def _flush_outbox(self) -> None:
-        """Seal and queue what the core wants sent (granted already)."""
+    def flush_outbox(self) -> None:
+        """Seal and queue what the core wants sent (granted already): every input does this at
+        its end; a caller that changed the configuration live (a keepalive turned on, a peer
+        added) does it too."""
         while self.outbox:
             outbox = self.take_outbox()
             for datagram, endpoint in outbox.transmits:

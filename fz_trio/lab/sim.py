@@ -53,6 +53,7 @@ from fz_trio.core import (
     generate_private_key,
     ip,
     messages,
+    public_key_of,
 )
 from fz_trio.datapath import Device, echo_reply_to, icmp_echo, parse_echo
 
@@ -174,7 +175,7 @@ class SimNode:
 
     @property
     def public_key(self) -> bytes:
-        return self.tunnel.public_key
+        return public_key_of(self.private_key)
 
     @property
     def tunnel_v4(self) -> str:

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import attrs
 
-from fz_trio.core import generate_private_key
+from fz_trio.core import generate_private_key, public_key_of
 from fz_trio.datapath import Device, _pykernels, kernels, udp_packet
 from fz_trio.lab.testnet import TestNet
 
@@ -81,13 +81,13 @@ def core_bench(*, batches: int = 1000, batch_size: int = 64, packet_size: int = 
 def _core_pair(packet: bytes) -> tuple[Device, Device, tuple[str, int], float]:
     """A client and a server Device in memory with a completed handshake (and confirmed session)."""
     wall = time.time()
-    client = Device(generate_private_key())
-    server = Device(generate_private_key())
+    client_key, server_key = generate_private_key(), generate_private_key()
+    client, server = Device(client_key), Device(server_key)
     client_addr = (TestNet.underlay_b, 40000)
     server_addr = (TestNet.underlay_a, 51820)
-    client.add_peer(server.public_key, allowed_ips=[f"{TestNet.tunnel_a4}/32"],
+    client.add_peer(public_key_of(server_key), allowed_ips=[f"{TestNet.tunnel_a4}/32"],
                     endpoint=server_addr)
-    server.add_peer(client.public_key, allowed_ips=[f"{TestNet.tunnel_b4}/32"])
+    server.add_peer(public_key_of(client_key), allowed_ips=[f"{TestNet.tunnel_b4}/32"])
     now = 1.0
     client.send_packet(packet, now, wall)  # staged; starts the handshake
     delivered: list[bytes] = []
