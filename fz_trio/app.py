@@ -2,10 +2,16 @@
 
 Up: resolve the peers' endpoints, open the TUN device (with the richest offloads the kernel
 accepts), address and route it (netconfig, full-tunnel policy routing), open the UDP sockets,
-build the Device and its peers. Run: the packet loops (`shell.runner`) until cancelled. Down:
-close the sockets, remove what netconfig added, close the TUN device (which removes it), and
-report the statistics. Cancellation is the shutdown path, so SIGINT/SIGTERM, a REPL's Ctrl-D
-and a crashed task all take the same way down.
+build the Device and its peers, listen on the UAPI socket. Run: the packet loops
+(`shell.runner`), the UAPI server (`wg`, `wg-quick`, `fz-trio show` change and read the running
+interface through it) and the link watch (which follows the MTU and stops everything when the
+interface is deleted) until cancelled. Down: close the sockets, remove what netconfig added,
+close the TUN device (which removes it), and report the statistics. Cancellation is the
+shutdown path, so SIGINT/SIGTERM, `ip link del`, `fz-trio down`, a REPL's Ctrl-D and a crashed
+task all take the same way down.
+
+`fz-trio up wg0.conf` starts from a config file; `fz-trio wg0` (the userspace launch contract
+wg-quick relies on) from an empty one, configured afterwards over UAPI.
 """
 
 from __future__ import annotations
@@ -13,19 +19,25 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import os
 import socket
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
+from functools import partial
 
 import attrs
 import trio
 
-from fz_trio.config import Config
-from fz_trio.core import Endpoint
+from fz_trio import __version__, live_config
+from fz_trio.config import Config, InterfaceConfig
+from fz_trio.core import Endpoint, encode_hex_key
 from fz_trio.datapath import Device, kernels
+from fz_trio.shell.link_watch import link_index, watch_link
 from fz_trio.shell.netconfig import InterfaceNetwork, NetConfigError
 from fz_trio.shell.runner import PacketLoops
 from fz_trio.shell.stats import InterfaceStats, IoStats
+from fz_trio.shell.uapi_server import UapiListener, UapiServerError, open_listener, serve
 from fz_trio.shell.tun import (
     IFF_VNET_HDR,
     OffloadMode,
@@ -36,7 +48,20 @@ from fz_trio.shell.tun import (
 )
 from fz_trio.shell.tun_io import DEFAULT_TUN_IO, DEFAULT_TUN_QUEUES, TunIo
 from fz_trio.shell.tun_offload import TunOffload
-from fz_trio.shell.udp import BatchSender, UdpError, UdpSockets, open_udp
+from fz_trio.shell.udp import BatchSender, UdpError, UdpSockets, open_udp, set_fwmark
+from fz_trio.uapi import (
+    EADDRINUSE,
+    DeviceState,
+    ExtensionRequest,
+    GetRequest,
+    PeerState,
+    Request,
+    SetRequest,
+    UapiError,
+    format_errno,
+    format_get,
+    format_status,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,19 +80,41 @@ class Options:
     gso: bool = True  # UDP GSO sends (falls back by itself if the kernel refuses)
     tun_io: TunIo = DEFAULT_TUN_IO
     offload: bool = True  # TUN offloads (virtio_net_hdr, TSO/USO) when the kernel has them
+    uapi: bool = True  # serve /var/run/wireguard/IFACE.sock
+
+
+def empty_config(interface_name: str) -> Config:
+    """What `fz-trio IFNAME` starts from: no key, no addresses, no peers (wg-quick and `wg`
+    configure the rest over UAPI and `ip`)."""
+    interface = InterfaceConfig(private_key=None, addresses=(), listen_port=None, mtu=None,
+                                dns_servers=(), dns_search=())
+    return Config(interface_name, interface, ())
 
 
 @attrs.define
 class Interface:
-    """A running interface: its config and the live objects (for the REPL)."""
+    """A running interface: its config, the live objects (for the REPL), and what UAPI asks of
+    it (`handle_uapi`)."""
 
     config: Config
     device: Device
     tun: TunDevice
-    udp: UdpSockets
     network: InterfaceNetwork
     loops: PacketLoops
     stats: InterfaceStats
+    fwmark: int = 0
+    uapi: UapiListener | None = None
+    # Set by `fz-trio down` (the UAPI extension): `run_interface` then takes the interface down.
+    stop_requested: trio.Event = attrs.Factory(trio.Event)
+    _configuring: trio.Lock = attrs.Factory(trio.Lock)
+
+    @property
+    def name(self) -> str:
+        return self.config.interface_name
+
+    @property
+    def udp(self) -> UdpSockets:
+        return self.loops.udp
 
     def report(self) -> dict[str, object]:
         """The statistics, and the TUN offload state, as the exit log line shows them."""
@@ -77,6 +124,119 @@ class Interface:
         if offload is not None:
             tun["coalescing"] = offload.coalescing
         return self.stats.as_dict() | {"tun": tun, "udp_gso": self.loops.sender.gso}
+
+    # --- UAPI -----------------------------------------------------------------------------
+
+    async def handle_uapi(self, request: Request | UapiError) -> bytes:
+        """The reply to one UAPI request (never raises for a bad one: an errno, counted)."""
+        if isinstance(request, UapiError):
+            return self._refuse(request)
+        if isinstance(request, GetRequest):
+            self.stats.io.uapi_gets += 1
+            return format_get(self.state())
+        if isinstance(request, SetRequest):
+            async with self._configuring:
+                try:
+                    await self.configure(request)
+                except UapiError as e:
+                    return self._refuse(e)
+            self.stats.io.uapi_sets += 1
+            return format_errno(0)
+        if request.op == "status":
+            return format_status(self.status())
+        log.info("%s: stop requested over UAPI", self.name)
+        self.stop_requested.set()
+        return format_errno(0)
+
+    def _refuse(self, error: UapiError) -> bytes:
+        log.warning("%s: UAPI request refused (errno %d): %s", self.name, error.errno,
+                    error.message)
+        self.stats.io.error("uapi", error.errno)
+        return format_errno(error.errno)
+
+    def state(self) -> DeviceState:
+        """What `get` reports (what `wg show` and `wg showconf` print)."""
+        device = self.device
+        peers = []
+        for key, peer in device.peers.items():
+            wall = peer.last_handshake_wall
+            seconds = int(wall) if wall is not None else 0
+            nanos = int((wall - seconds) * 1e9) if wall is not None else 0
+            psk = peer.preshared_key
+            peers.append(PeerState(
+                public_key=key, preshared_key=psk if any(psk) else None,
+                endpoint=peer.endpoint, last_handshake=(seconds, nanos),
+                tx_bytes=peer.tx_bytes, rx_bytes=peer.rx_bytes,
+                persistent_keepalive=int(peer.persistent_keepalive or 0),
+                allowed_ips=tuple(device.allowed_ips_of(key))))
+        return DeviceState(private_key=device.private_key, listen_port=self.udp.port,
+                           fwmark=self.fwmark, peers=tuple(peers))
+
+    async def configure(self, request: SetRequest) -> None:
+        """Apply a UAPI `set` at once, whole or not at all (UapiError: nothing changed). The
+        sockets go first, since only they can fail: a new listen port binds new sockets before
+        anything else changes; then the core takes the rest, which it cannot refuse once
+        `live_config.check` passed."""
+        live_config.check(self.device, request)
+        fwmark = self.fwmark if request.fwmark is None else request.fwmark
+        new_udp = None
+        if request.listen_port is not None and request.listen_port != self.udp.port:
+            try:
+                new_udp = open_udp(request.listen_port, fwmark=fwmark or None)
+            except UdpError as e:
+                raise UapiError(EADDRINUSE, str(e)) from None
+        elif fwmark != self.fwmark:
+            try:
+                set_fwmark(self.udp, fwmark)
+            except OSError as e:
+                set_fwmark(self.udp, self.fwmark)
+                raise UapiError(EADDRINUSE, f"cannot set fwmark {fwmark}: {e.strerror}") from None
+        self.fwmark = fwmark
+        now, wall = trio.current_time(), time.time()
+        live_config.apply_to_tunnel(self.device, request, now, wall)
+        self.device.flush_outbox()
+        if new_udp is not None:
+            old = await self.loops.replace_udp(new_udp)
+            old.close()
+            log.info("%s: listening on UDP port %d now", self.name, new_udp.port)
+        await self.loops.flush_network()
+
+    def status(self) -> dict[str, object]:
+        """fz-trio's own view, beyond `get`: data-path mode, kernels, offloads, drops, and each
+        peer's sessions and timers (`fz-trio show`, the UAPI status extension)."""
+        now = trio.current_time()
+
+        def due(deadline: float | None) -> float | None:
+            return None if deadline is None else round(deadline - now, 3)
+
+        peers = {}
+        for key, peer in self.device.peers.items():
+            sessions = {}
+            for role in ("current", "previous", "next"):
+                session = getattr(peer, role)
+                if session is not None:
+                    sessions[role] = {"age": round(now - session.created, 3),
+                                      "initiator": session.is_initiator,
+                                      "sent": session.send_counter}
+            peers[encode_hex_key(key)] = {
+                "sessions": sessions, "staged": len(peer.staged),
+                "handshake_in_flight": peer.pending is not None,
+                "handshake_attempts": peer.handshake_attempts,
+                "timers": {"retransmit_handshake": due(peer.retransmit_handshake_at),
+                           "send_keepalive": due(peer.send_keepalive_at),
+                           "new_handshake": due(peer.new_handshake_at),
+                           "zero_key_material": due(peer.zero_key_material_at),
+                           "persistent_keepalive": due(peer.persistent_keepalive_at)},
+            }
+        return {"interface": self.name, "version": __version__, "pid": os.getpid(),
+                "kernels": kernels.IMPLEMENTATION, "kernels_reason": kernels.REASON,
+                "mtu": self.device.mtu, "stats": self.report(), "peers": peers}
+
+    def set_mtu(self, mtu: int) -> None:
+        """The link's MTU changed (wg-quick sets it after we start): pad to the new one."""
+        if mtu != self.device.mtu:
+            log.info("%s: mtu %d", self.name, mtu)
+            self.device.mtu = mtu
 
 
 async def resolve_endpoint(host: str, port: int) -> Endpoint:
@@ -96,7 +256,7 @@ async def interface_up(config: Config, options: Options = Options()
     async with AsyncExitStack() as undo:
         try:
             interface = await _bring_up(config, options, undo)
-        except (TunError, NetConfigError, UdpError) as e:
+        except (TunError, NetConfigError, UdpError, UapiServerError) as e:
             raise StartError(str(e)) from e
         yield interface
 
@@ -118,8 +278,9 @@ async def _bring_up(config: Config, options: Options, undo: AsyncExitStack) -> I
     undo.callback(network.close)
     allowed = [net for peer in config.peers for net in peer.allowed_ips]
     full_tunnel = network.apply(addresses=list(iface.addresses), mtu=mtu, allowed_ips=allowed)
-    udp = open_udp(iface.listen_port, fwmark=full_tunnel.fwmark if full_tunnel else None)
-    undo.callback(udp.close)
+    fwmark = full_tunnel.fwmark if full_tunnel else 0
+    udp = open_udp(iface.listen_port, fwmark=fwmark or None)
+    undo.callback(lambda: loops.udp.close())  # the sockets in use then (a set may swap them)
     device = Device(iface.private_key, mtu=mtu)
     for peer in config.peers:
         device.add_peer(
@@ -141,7 +302,11 @@ async def _bring_up(config: Config, options: Options, undo: AsyncExitStack) -> I
              f"TUN offload {mode.value if mode else 'off'}, "
              f"{kernels.IMPLEMENTATION} data path kernels"
              + (f", full tunnel via table {full_tunnel.fwmark}" if full_tunnel else ""))
-    return Interface(config, device, tun, udp, network, loops, stats)
+    interface = Interface(config, device, tun, network, loops, stats, fwmark)
+    if options.uapi:
+        interface.uapi = open_listener(config.interface_name)
+        undo.callback(interface.uapi.close)
+    return interface
 
 
 def _open_tun(name: str, options: Options) -> tuple[TunDevice, OffloadMode | None]:
@@ -164,22 +329,53 @@ def _open_tun(name: str, options: Options) -> tuple[TunDevice, OffloadMode | Non
 async def run_interface(config: Config, options: Options = Options(), *,
                         task_status: trio.TaskStatus[Interface] = trio.TASK_STATUS_IGNORED
                         ) -> None:
-    """Bring the interface up, run it until cancelled, take it down and log its statistics."""
+    """Bring the interface up, run it until cancelled, its link is deleted or UAPI asks it to
+    stop; take it down and log its statistics."""
     async with interface_up(config, options) as interface:
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(interface.loops.run)
+                index = link_index(interface.tun.name)
+                if index is not None:
+                    nursery.start_soon(_stop_when_deleted, interface, index, nursery.cancel_scope)
+                if interface.uapi is not None:
+                    nursery.start_soon(partial(
+                        serve, interface.uapi, interface.handle_uapi,
+                        on_error=lambda what: interface.stats.io.error(f"uapi_{what}")))
+                nursery.start_soon(_stop_when_asked, interface, nursery.cancel_scope)
                 task_status.started(interface)
         finally:
             log.info("stopped; stats: %s", json.dumps(interface.report()))
 
 
-async def run_until_signalled(config: Config, options: Options = Options()) -> None:
-    """`fz-trio up`: run the interface until SIGINT or SIGTERM."""
+async def _stop_when_deleted(interface: Interface, index: int, scope: trio.CancelScope) -> None:
+    await watch_link(index, interface.set_mtu)
+    log.info("%s: the interface was deleted; stopping", interface.name)
+    scope.cancel()
+
+
+async def _stop_when_asked(interface: Interface, scope: trio.CancelScope) -> None:
+    await interface.stop_requested.wait()
+    scope.cancel()
+
+
+async def run_until_signalled(config: Config, options: Options = Options(),
+                              on_ready: Callable[[], None] | None = None) -> None:
+    """`fz-trio up` and `fz-trio IFNAME`: run the interface until SIGINT or SIGTERM (or until
+    it stops by itself: link deleted, `fz-trio down`); `on_ready` once it is up."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
-            await nursery.start(run_interface, config, options)
+            await nursery.start(_run_then_cancel, config, options, nursery.cancel_scope)
+            if on_ready is not None:
+                on_ready()
             async for signum in signals:
                 log.info("received %s, shutting down", signal.Signals(signum).name)
                 nursery.cancel_scope.cancel()
                 break
+
+
+async def _run_then_cancel(config: Config, options: Options, scope: trio.CancelScope, *,
+                           task_status: trio.TaskStatus[Interface] = trio.TASK_STATUS_IGNORED
+                           ) -> None:
+    await run_interface(config, options, task_status=task_status)
+    scope.cancel()  # it stopped by itself: the signal wait ends too

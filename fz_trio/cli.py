@@ -1,4 +1,6 @@
-"""The `fz-trio` command line: up, genkey, pubkey, demo."""
+"""The `fz-trio` command line: up, show, down, genkey, pubkey, demo, repl — and `fz-trio IFNAME`,
+the userspace launch contract (`wireguard-go IFNAME`'s): create the interface, serve UAPI, go to
+the background once both are ready (unless -f/--foreground or WG_PROCESS_FOREGROUND=1)."""
 
 from __future__ import annotations
 
@@ -16,6 +18,10 @@ from fz_trio.shell.tun_io import DEFAULT_TUN_IO, DEFAULT_TUN_QUEUES, TunIo
 
 if TYPE_CHECKING:
     from fz_trio.config import Config
+
+
+# The subcommands build_parser() knows; any other first word is an interface name.
+COMMANDS = ("up", "show", "down", "genkey", "pubkey", "demo", "repl")
 
 
 class CliError(Exception):
@@ -53,6 +59,37 @@ def _cmd_up(args: argparse.Namespace) -> int:
     except StartError as e:
         raise CliError(str(e)) from e
     return 0
+
+
+def _cmd_launch(args: argparse.Namespace) -> int:
+    """`fz-trio [-f] IFNAME`: what wg-quick runs as WG_QUICK_USERSPACE_IMPLEMENTATION."""
+    from fz_trio.app import Options, StartError, empty_config, run_until_signalled
+    from fz_trio.ifname import check_interface_name
+    from fz_trio.shell.daemon import ReadyNotifier, launch, wants_foreground
+
+    try:
+        check_interface_name(args.ifname)
+    except ValueError as e:
+        raise CliError(str(e)) from None
+    _require_root("fz-trio IFNAME")
+    config = empty_config(args.ifname)
+    options = Options(tun_queues=args.tun_queues, gso=not args.no_gso,
+                      tun_io=TunIo(args.tun_io), offload=not args.no_offload)
+
+    def daemon_main(notifier: ReadyNotifier) -> int:
+        try:
+            trio.run(run_until_signalled, config, options, notifier.ready)
+        except StartError as e:
+            notifier.failed(str(e))
+            return 1
+        return 0
+
+    foreground = wants_foreground(args.foreground)
+    # Detached, the logs go to --log-file, else where the command's stderr went when LOG_LEVEL
+    # is set, else nowhere: wireguard-go's rule, and a caller reading our output through a pipe
+    # (`$(fz-trio wg0)`) is not kept waiting for as long as the daemon lives.
+    log_path = args.log_file or (None if os.environ.get("LOG_LEVEL") else os.devnull)
+    return launch(daemon_main, foreground=foreground, log_path=None if foreground else log_path)
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -100,6 +137,35 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tun-queues", type=_positive_int, default=DEFAULT_TUN_QUEUES,
+                        metavar="N", help=f"TUN queues, each with a reader and a writer "
+                                          f"(default {DEFAULT_TUN_QUEUES})")
+    parser.add_argument("--tun-io", choices=[mode.value for mode in TunIo],
+                        default=DEFAULT_TUN_IO.value,
+                        help=f"TUN queue I/O on worker threads or on the event loop thread "
+                             f"(default {DEFAULT_TUN_IO.value})")
+    parser.add_argument("--no-offload", action="store_true",
+                        help="plain TUN I/O: no vnet header, no TSO/USO super-packets")
+    parser.add_argument("--no-gso", action="store_true",
+                        help="send each UDP datagram with its own syscall (no UDP GSO)")
+
+
+def build_launch_parser() -> argparse.ArgumentParser:
+    """`fz-trio [-f] IFNAME`, the command line wg-quick and wg-quick@.service use."""
+    parser = argparse.ArgumentParser(
+        prog="fz-trio", description="Create the WireGuard interface IFNAME, configured over "
+        "its UAPI socket (wg, wg-quick); runs in the background once ready.")
+    parser.add_argument("-f", "--foreground", action="store_true",
+                        help="stay in the foreground (also: WG_PROCESS_FOREGROUND=1)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--log-file", help="where the background process logs")
+    _add_runtime_options(parser)
+    parser.add_argument("ifname", help="the interface to create, e.g. wg0")
+    parser.set_defaults(func=_cmd_launch)
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fz-trio", description="A WireGuard-compatible VPN client on Trio."
@@ -112,17 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
         "up", help="bring a tunnel up from a wg-quick config; runs until SIGINT/SIGTERM")
     up.add_argument("config", help="path to a wg-quick style config, e.g. wg0.conf")
     up.add_argument("--interface", help="interface name (default: the config file's stem)")
-    up.add_argument("--tun-queues", type=_positive_int, default=DEFAULT_TUN_QUEUES, metavar="N",
-                    help=f"TUN queues, each with a reader and a writer (default "
-                         f"{DEFAULT_TUN_QUEUES})")
-    up.add_argument("--tun-io", choices=[mode.value for mode in TunIo],
-                    default=DEFAULT_TUN_IO.value,
-                    help=f"TUN queue I/O on worker threads or on the event loop thread "
-                         f"(default {DEFAULT_TUN_IO.value})")
-    up.add_argument("--no-offload", action="store_true",
-                    help="plain TUN I/O: no vnet header, no TSO/USO super-packets")
-    up.add_argument("--no-gso", action="store_true",
-                    help="send each UDP datagram with its own syscall (no UDP GSO)")
+    _add_runtime_options(up)
     up.set_defaults(func=_cmd_up)
 
     genkey = sub.add_parser("genkey", help="print a new private key (like `wg genkey`)")
@@ -154,8 +210,20 @@ def _version() -> str:
     return f"fz-trio {__version__} ({kernels.IMPLEMENTATION} data path kernels: {kernels.REASON})"
 
 
+def _is_launch(argv: list[str]) -> bool:
+    """`fz-trio [options] IFNAME`: the first word that is not an option names no command."""
+    for word in argv:
+        if word in ("-h", "--help", "--version"):
+            return False
+        if not word.startswith("-"):
+            return word not in COMMANDS
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_launch_parser() if _is_launch(argv) else build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

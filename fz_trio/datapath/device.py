@@ -74,7 +74,7 @@ class DataPathStats:
 class Device(Tunnel):
     """A Tunnel with its data path: takes and gives bytes in runs."""
 
-    def __init__(self, private_key: bytes, **kwargs: Any) -> None:
+    def __init__(self, private_key: bytes | None, **kwargs: Any) -> None:
         super().__init__(private_key, **kwargs)
         self.stats = DataPathStats()
         self._batcher = GsoBatcher()

@@ -69,6 +69,8 @@ class PacketLoops:
     tun_io: TunIo = DEFAULT_TUN_IO
     offload: TunOffload | None = None
     _timer_scope: trio.CancelScope | None = None
+    _udp_scope: trio.CancelScope | None = None
+    _udp_readers_stopped: trio.Event | None = None
     _writers: list[trio.MemorySendChannel[WriterBatch]] = attrs.Factory(list)
 
     def now(self) -> float:
@@ -177,6 +179,29 @@ class PacketLoops:
             await self.flush_network()
             await self.deliver_to_tun()
 
+    async def _udp_readers(self) -> None:
+        """One reader per socket of `self.udp`, started again on new sockets after
+        `replace_udp` (a new listen port)."""
+        while True:
+            with trio.CancelScope() as self._udp_scope:
+                async with trio.open_nursery() as nursery:
+                    for sock in self.udp.all():
+                        enable_gro(sock)
+                        nursery.start_soon(self._inbound, sock)
+            if self._udp_readers_stopped is not None:
+                self._udp_readers_stopped.set()
+
+    async def replace_udp(self, udp: UdpSockets) -> UdpSockets:
+        """Carry on with the sockets `udp`; returns the old ones, whose readers have stopped
+        (the caller closes them, after `trio.lowlevel.notify_closing`)."""
+        old, self.udp = self.udp, udp
+        if self._udp_scope is not None:
+            self._udp_readers_stopped = stopped = trio.Event()
+            self._udp_scope.cancel()
+            await stopped.wait()
+            self._udp_readers_stopped = None
+        return old
+
     async def _timers(self) -> None:
         while True:
             with trio.CancelScope() as self._timer_scope:
@@ -213,9 +238,7 @@ class PacketLoops:
                         nursery.start_soon(run_inline_writer, fd, writer_receive, write_errors,
                                            write_item)
                 nursery.start_soon(self._outbound, tun_receive, handoff)
-                for sock in self.udp.all():
-                    enable_gro(sock)
-                    nursery.start_soon(self._inbound, sock)
+                nursery.start_soon(self._udp_readers)
                 nursery.start_soon(self._timers)
                 self.device.start(self.now(), time.time())
                 await self.flush_network()

@@ -30,7 +30,10 @@ class IoStats:
     tun_packets_read: int = 0
     tun_super_packets_written: int = 0
     tun_gso_writes_rejected: int = 0
-    # "udp_send", "udp_receive", "tun_read", "tun_write", "no_socket_for_family" (+ errno)
+    uapi_gets: int = 0
+    uapi_sets: int = 0  # applied; refused ones are errors "uapi_errno_N"
+    # "udp_send", "udp_receive", "tun_read", "tun_write", "no_socket_for_family", "uapi"
+    # (+ errno), and the UAPI server's "uapi_too_many_connections", "uapi_closed_bad_request"
     errors: Counter[str] = attrs.Factory(Counter)
 
     def error(self, where: str, errno: int | None = None, count: int = 1) -> None:

@@ -46,6 +46,10 @@ class UdpSockets:
 
     def close(self) -> None:
         for sock in self.all():
+            try:
+                trio.lowlevel.notify_closing(sock)  # wakes a task waiting on it, if any
+            except RuntimeError:
+                pass  # not in a Trio run: nobody can be waiting
             sock.close()
 
 
@@ -60,6 +64,12 @@ def _tune(sock: socket.socket, fwmark: int | None) -> None:
     if fwmark:
         sock.setsockopt(socket.SOL_SOCKET, SO_MARK, fwmark)
     sock.setblocking(False)
+
+
+def set_fwmark(udp: UdpSockets, fwmark: int) -> None:
+    """Mark what the sockets send (0: unmarked); OSError when the kernel refuses."""
+    for sock in udp.all():
+        sock.setsockopt(socket.SOL_SOCKET, SO_MARK, fwmark)
 
 
 def open_udp(listen_port: int | None, *, fwmark: int | None = None) -> UdpSockets:
@@ -150,7 +160,9 @@ class BatchSender:
                     self.stats.udp_plain_sends += 1
                 return
             except BlockingIOError:
-                await trio.lowlevel.wait_writable(sock)  # backpressure: the kernel queue is full
+                if not await _writable(sock):  # backpressure: the kernel queue is full
+                    self.stats.error("udp_send", errno.EBADF, batch.count)
+                    return
             except OSError as e:
                 if batch.count > 1 and e.errno in _GSO_REFUSED:
                     log.warning("the kernel refused UDP GSO (%s); sending datagrams one by one",
@@ -167,7 +179,19 @@ class BatchSender:
                     self.stats.udp_plain_sends += 1
                     break
                 except BlockingIOError:
-                    await trio.lowlevel.wait_writable(sock)
+                    if not await _writable(sock):
+                        self.stats.error("udp_send", errno.EBADF)
+                        return
                 except OSError as e:
                     self.stats.error("udp_send", e.errno)
                     break
+
+
+async def _writable(sock: socket.socket) -> bool:
+    """Wait until `sock` can take more; False when it was closed meanwhile (a new listen port
+    replaced it)."""
+    try:
+        await trio.lowlevel.wait_writable(sock)
+    except trio.ClosedResourceError:
+        return False
+    return True
