@@ -22,8 +22,8 @@ import signal
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from functools import partial
 
 import attrs
@@ -363,7 +363,8 @@ async def run_until_signalled(config: Config, options: Options = Options(),
                               on_ready: Callable[[], None] | None = None) -> None:
     """`fz-trio up` and `fz-trio IFNAME`: run the interface until SIGINT or SIGTERM (or until
     it stops by itself: link deleted, `fz-trio down`); `on_ready` once it is up."""
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals, \
+            start_error_unwrapped():
         async with trio.open_nursery() as nursery:
             await nursery.start(_run_then_cancel, config, options, nursery.cancel_scope)
             if on_ready is not None:
@@ -372,6 +373,27 @@ async def run_until_signalled(config: Config, options: Options = Options(),
                 log.info("received %s, shutting down", signal.Signals(signum).name)
                 nursery.cancel_scope.cancel()
                 break
+
+
+@contextmanager
+def start_error_unwrapped() -> Iterator[None]:
+    """Around a nursery that starts an interface: its StartError comes out as itself, not in
+    the exception group Trio wraps a task's error in, so callers can print it as one line."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        start_errors, rest = group.split(StartError)
+        leaves = _leaves(start_errors) if start_errors is not None else []
+        if rest is None and len(leaves) == 1:
+            raise leaves[0] from None
+        raise
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
 
 
 async def _run_then_cancel(config: Config, options: Options, scope: trio.CancelScope, *,

@@ -34,7 +34,7 @@ import attrs
 import trio
 
 from fz_trio import __version__
-from fz_trio.app import Interface, run_interface
+from fz_trio.app import Interface, run_interface, start_error_unwrapped
 from fz_trio.config import Config
 from fz_trio.core import Peer, Tunnel, encode_key, format_endpoint, ip
 from fz_trio.datapath import icmp_echo_message
@@ -269,6 +269,13 @@ def live_namespace(interface: Interface) -> dict[str, Any]:
 
 async def run_live_repl(config: Config) -> int:
     """`fz-trio repl CONFIG`: bring the tunnel up, run the console, take it down at the end."""
+    with start_error_unwrapped():
+        status = await _run_console_with(config)
+    log.info("interface %s removed", config.interface_name)
+    return status
+
+
+async def _run_console_with(config: Config) -> int:
     status = 0  # also when SIGTERM cancels everything
     async with trio.open_nursery() as nursery:
         interface = await nursery.start(run_interface, config)
@@ -282,7 +289,6 @@ async def run_live_repl(config: Config) -> int:
             "Top-level await works. Ctrl-D or exit() takes the tunnel down.")
         status = await run_console(live_namespace(interface), banner)
         nursery.cancel_scope.cancel()
-    log.info("interface %s removed", config.interface_name)
     return status
 
 
