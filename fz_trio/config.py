@@ -20,8 +20,19 @@ from typing import Any
 
 import attrs
 
-from fz_trio.core import Network, as_network, decode_key, format_endpoint, public_key_of
+from fz_trio.core import Network, decode_key, public_key_of
 from fz_trio.ifname import check_interface_name
+from fz_trio.values import (
+    EndpointSetting,
+    IPAddress,
+    check_domain,
+    looks_like_ip,
+    parse_endpoint,
+    parse_ip,
+    parse_network,
+    parse_prefixed,
+    parse_uint,
+)
 
 __all__ = [
     "Config",
@@ -33,7 +44,6 @@ __all__ = [
     "parse_config",
 ]
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
 
@@ -64,18 +74,6 @@ class ConfigError(Exception):
 
 
 @attrs.frozen
-class EndpointSetting:
-    """A peer's `Endpoint =` as written: the host may be a DNS name, which the app resolves at
-    start (into a `fz_trio.core.Endpoint`), as wg-quick does."""
-
-    host: str  # IP literal without brackets, or a DNS name
-    port: int
-
-    def __str__(self) -> str:
-        return format_endpoint((self.host, self.port))
-
-
-@attrs.frozen
 class PeerConfig:
     public_key: bytes
     preshared_key: bytes | None = attrs.field(repr=False)  # a secret, like the private key
@@ -87,7 +85,8 @@ class PeerConfig:
 
 @attrs.frozen
 class InterfaceConfig:
-    private_key: bytes = attrs.field(repr=False)  # kept out of repr so logs never show it
+    # Kept out of repr so logs never show it; None only for `fz-trio IFNAME` (set over UAPI).
+    private_key: bytes | None = attrs.field(repr=False)
     addresses: tuple[IPInterface, ...]
     listen_port: int | None  # None: the kernel picks a port (ListenPort = 0 means the same)
     mtu: int | None  # None: choose automatically
@@ -104,121 +103,28 @@ class Config:
 
 # --------------------------------------------------------------------------------------------
 # Value parsers. Each takes the stripped value text and raises ValueError with a message that is
-# safe to show (never echoing a key).
-
-
-def _parse_uint(text: str, low: int, high: int) -> int:
-    # int() would also take "+5", "1_000", non-ASCII digits and raise on 5000-digit strings.
-    if not (text.isascii() and text.isdigit()):
-        raise ValueError(f"expected a number from {low} to {high}, got {text!r}")
-    if len(text.lstrip("0")) > len(str(high)):
-        raise ValueError(f"expected a number from {low} to {high}, got a larger one")
-    value = int(text)
-    if not low <= value <= high:
-        raise ValueError(f"expected a number from {low} to {high}, got {value}")
-    return value
-
-
-_LABEL = r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)"
-_DOMAIN_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
-_DIGITS_AND_DOTS_RE = re.compile(r"[0-9.]+")
-
-
-def _looks_like_ip(token: str) -> bool:
-    # wg-quick's own rule for DNS= entries: digits-and-dots or anything with a colon is an address.
-    return bool(_DIGITS_AND_DOTS_RE.fullmatch(token)) or ":" in token
-
-
-def _check_domain(token: str) -> str:
-    if len(token.rstrip(".")) > 253 or not _DOMAIN_RE.fullmatch(token):
-        raise ValueError(f"{token!r} is not a valid domain name")
-    return token
-
-
-def _parse_ip(token: str) -> IPAddress:
-    try:
-        if ":" in token:
-            return ipaddress.IPv6Address(token)
-        return ipaddress.IPv4Address(token)
-    except ValueError as e:
-        raise ValueError(f"{token!r} is not a valid IP address ({e})") from None
-
-
-def _parse_prefixed(token: str) -> tuple[IPAddress, int]:
-    """Parse "addr" or "addr/len"; no prefix means a single host (/32 or /128)."""
-    if "%" in token:
-        raise ValueError(f"{token!r}: scoped (%zone) addresses are not allowed here")
-    address, slash, prefix_text = token.partition("/")
-    ip = _parse_ip(address)
-    if not slash:
-        return ip, ip.max_prefixlen
-    # Explicit check: ipaddress would also take netmask spellings such as /255.255.255.0,
-    # which wg(8) does not.
-    if not (prefix_text.isascii() and prefix_text.isdigit()) or len(prefix_text) > 3:
-        raise ValueError(f"{token!r}: the prefix length must be a number")
-    prefix = int(prefix_text)
-    if prefix > ip.max_prefixlen:
-        raise ValueError(f"{token!r}: the prefix length must be at most {ip.max_prefixlen}")
-    return ip, prefix
+# safe to show (never echoing a key). Those the UAPI needs too live in fz_trio.values.
 
 
 def _parse_interface_address(token: str) -> IPInterface:
-    ip, prefix = _parse_prefixed(token)
+    ip, prefix = parse_prefixed(token)
     return ipaddress.ip_interface((ip, prefix))
-
-
-def _parse_network(token: str) -> Network:
-    ip, prefix = _parse_prefixed(token)
-    return as_network(f"{ip}/{prefix}")
-
-
-def _parse_endpoint(text: str) -> EndpointSetting:
-    if text.startswith("["):
-        host, bracket, rest = text[1:].partition("]")
-        if not bracket:
-            raise ValueError(f"{text!r} is missing the closing ']'")
-        if not rest.startswith(":"):
-            raise ValueError(f"{text!r} needs ':port' after ']'")
-        if not host or ":" not in host:
-            raise ValueError(f"{text!r}: only IPv6 addresses go in brackets")
-        port_text = rest[1:]
-        try:
-            host = str(ipaddress.IPv6Address(host))
-        except ValueError as e:
-            raise ValueError(f"{host!r} is not a valid IPv6 address ({e})") from None
-    else:
-        host, colon, port_text = text.rpartition(":")
-        if not colon:
-            raise ValueError(f"{text!r} must be host:port")
-        if ":" in host:
-            raise ValueError(f"{text!r}: write an IPv6 endpoint in brackets, like [fd00::1]:51820")
-        if not host:
-            raise ValueError(f"{text!r} has no host")
-        if _looks_like_ip(host):
-            host = str(_parse_ip(host))
-        else:
-            _check_domain(host)
-    try:
-        port = _parse_uint(port_text, 1, 65535)
-    except ValueError as e:
-        raise ValueError(f"bad port in {text!r}: {e}") from None
-    return EndpointSetting(host, port)
 
 
 def _parse_keepalive(text: str) -> int | None:
     if text.lower() == "off":
         return None
-    return _parse_uint(text, 0, 65535) or None
+    return parse_uint(text, 0, 65535) or None
 
 
 def _parse_listen_port(text: str) -> int | None:
     # 0 asks the kernel for a random port, exactly like leaving the key out.
-    return _parse_uint(text, 0, 65535) or None
+    return parse_uint(text, 0, 65535) or None
 
 
 def _parse_mtu(text: str) -> int:
     # The IPv6 minimum depends on the addresses, so it is checked once the section is complete.
-    return _parse_uint(text, MIN_MTU_IPV4, MAX_MTU)
+    return parse_uint(text, MIN_MTU_IPV4, MAX_MTU)
 
 
 def _split_list(text: str, *, on_whitespace: bool) -> list[str]:
@@ -238,9 +144,9 @@ def _list_parser(
 
 
 def _parse_dns_token(token: str) -> IPAddress | str:
-    if _looks_like_ip(token):
-        return _parse_ip(token)
-    return _check_domain(token)
+    if looks_like_ip(token):
+        return parse_ip(token)
+    return check_domain(token)
 
 
 # --------------------------------------------------------------------------------------------
@@ -269,8 +175,8 @@ _INTERFACE_KEYS = _specs(
 _PEER_KEYS = _specs(
     _KeySpec("PublicKey", decode_key),
     _KeySpec("PresharedKey", decode_key),
-    _KeySpec("AllowedIPs", _list_parser(_parse_network, on_whitespace=False), True),
-    _KeySpec("Endpoint", _parse_endpoint),
+    _KeySpec("AllowedIPs", _list_parser(parse_network, on_whitespace=False), True),
+    _KeySpec("Endpoint", parse_endpoint),
     _KeySpec("PersistentKeepalive", _parse_keepalive),
 )
 
@@ -485,6 +391,7 @@ def _build_config(sections: list[_Section], interface_name: str) -> Config:
     interface = _build_interface(interfaces[0])
     peer_sections = [s for s in sections if s.kind == "Peer"]
     peers = [_build_peer(s) for s in peer_sections]
+    assert interface.private_key is not None  # _build_interface requires one
     _check_peer_keys(peer_sections, public_key_of(interface.private_key))
     return Config(interface_name, interface, tuple(_give_allowed_ips_to_last_peer(peers)))
 

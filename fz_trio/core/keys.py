@@ -1,4 +1,5 @@
-"""WireGuard keys, once: generate, clamp, derive the public key, and the base64 form wg(8) uses.
+"""WireGuard keys, once: generate, clamp, derive the public key, and the two text forms: base64
+(config files, wg(8)'s output) and lowercase hex (the userspace API).
 
 Config, the command line, the core's ephemeral keys and the lab's test keys all come here.
 """
@@ -13,6 +14,8 @@ import nacl.bindings
 
 KEY_LEN = 32
 _KEY_B64_LEN = 44  # 32 bytes -> 43 base64 characters + one '='
+_KEY_HEX_LEN = 2 * KEY_LEN
+_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
 
 
 def clamp(raw: bytes) -> bytes:
@@ -60,3 +63,22 @@ def decode_key(text: str) -> bytes:
     if len(raw) != KEY_LEN or encode_key(raw) != text:
         raise ValueError("a key must be canonical base64 of 32 bytes")
     return raw
+
+
+def encode_hex_key(key: bytes) -> str:
+    """The UAPI's spelling of a key: 64 lowercase hex digits."""
+    if len(key) != KEY_LEN:
+        raise ValueError(f"a key must be {KEY_LEN} bytes, got {len(key)}")
+    return key.hex()
+
+
+def decode_hex_key(text: str) -> bytes:
+    """Decode a UAPI key: exactly 64 hex digits, either case (as wireguard-go reads them). The
+    message of the ValueError never echoes the text (it may be a private key)."""
+    if len(text) != _KEY_HEX_LEN:
+        raise ValueError(
+            f"a key must be {_KEY_HEX_LEN} hex digits, got {len(text)} characters")
+    # bytes.fromhex alone would also skip blanks between the digit pairs.
+    if not _HEX_DIGITS.issuperset(text):
+        raise ValueError(f"a key must be {_KEY_HEX_LEN} hex digits (0-9, a-f)")
+    return bytes.fromhex(text)
