@@ -28,7 +28,7 @@ from fz_trio.core.peer import Outbox, Peer, SendGrant, Transmit
 from fz_trio.core.session import Session
 from fz_trio.core.stats import Counters
 from fz_trio.core.timers import TimerConfig
-from fz_trio.core.tunnel import Tunnel, TunnelError
+from fz_trio.core.tunnel import Tunnel, TunnelError, check_peer_key
 
 __all__ = [
     "KEY_LEN",
@@ -48,6 +48,7 @@ __all__ = [
     "Tunnel",
     "TunnelError",
     "as_network",
+    "check_peer_key",
     "clamp",
     "decode_hex_key",
     "decode_key",
