@@ -92,6 +92,75 @@ def _cmd_launch(args: argparse.Namespace) -> int:
     return launch(daemon_main, foreground=foreground, log_path=None if foreground else log_path)
 
 
+def _require_root_for_uapi(what: str) -> None:
+    if os.geteuid() != 0:
+        raise CliError(f"{what} must run as root: the UAPI sockets in /var/run/wireguard "
+                       f"are root's")
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    """`fz-trio show [IFACE | all | interfaces] [--json]`, as `wg show` (all when no IFACE)."""
+    import json
+    import time
+
+    from fz_trio import show
+    from fz_trio.shell import uapi_client
+
+    _require_root_for_uapi("fz-trio show")
+    if args.interface == "interfaces":
+        names = uapi_client.list_interfaces()
+        if args.json:
+            print(json.dumps(names))
+        elif names:
+            print(" ".join(names))
+        return 0
+    single = args.interface not in (None, "all")
+    names = [args.interface] if single else uapi_client.list_interfaces()
+    sections = []
+    failed = False
+    for name in names:
+        try:
+            state = uapi_client.get(name)
+        except uapi_client.UapiClientError as e:
+            if single:
+                raise CliError(f"show: {e}") from None
+            if e.kind != uapi_client.NOT_RUNNING:  # gone since it was listed: nothing to show
+                print(f"fz-trio: show: {e}", file=sys.stderr)
+                failed = True
+            continue
+        now = time.time()
+        try:
+            status = uapi_client.status(name)
+        except uapi_client.UapiClientError as e:  # wg's part is still worth showing
+            print(f"fz-trio: show: no fz-trio status: {e}", file=sys.stderr)
+            status = None
+            failed = True
+        if args.json:
+            print(show.show_json(name, state, status), flush=True)
+        else:
+            sections.append(show.show_text(name, state, now=now, status=status))
+    if sections:
+        sys.stdout.write(show.show_interfaces(sections))
+    return 1 if failed else 0
+
+
+def _cmd_down(args: argparse.Namespace) -> int:
+    """`fz-trio down IFACE`: ask the fz-trio serving IFACE to take it down and exit."""
+    from fz_trio.shell import uapi_client
+
+    _require_root_for_uapi("fz-trio down")
+    name = args.interface
+    try:
+        if uapi_client.status(name) is None:
+            raise CliError(f"down: {name} is served by another WireGuard implementation, and "
+                           f"`fz-trio down` only stops fz-trio; to remove the interface: "
+                           f"ip link del {name} (in its network namespace)")
+        uapi_client.stop(name, wait=uapi_client.STOP_WAIT)
+    except uapi_client.UapiClientError as e:
+        raise CliError(f"down: {e}") from None
+    return 0
+
+
 def _load(args: argparse.Namespace) -> Config:
     from fz_trio.config import ConfigError, load_config
 
@@ -180,6 +249,20 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--interface", help="interface name (default: the config file's stem)")
     _add_runtime_options(up)
     up.set_defaults(func=_cmd_up)
+
+    show = sub.add_parser(
+        "show", help="show running interfaces as `wg show` does, with fz-trio's own state")
+    show.add_argument("interface", nargs="?",
+                      help="the interface (default, or `all`: every one; `interfaces`: their "
+                           "names)")
+    show.add_argument("--json", action="store_true",
+                      help="one JSON object per interface and line (never a private key)")
+    show.set_defaults(func=_cmd_show)
+
+    down = sub.add_parser(
+        "down", help="take a running fz-trio interface down (the process exits)")
+    down.add_argument("interface", help="the interface, e.g. wg0")
+    down.set_defaults(func=_cmd_down)
 
     genkey = sub.add_parser("genkey", help="print a new private key (like `wg genkey`)")
     genkey.set_defaults(func=_cmd_genkey)
