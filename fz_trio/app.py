@@ -272,6 +272,11 @@ async def _bring_up(config: Config, options: Options, undo: AsyncExitStack) -> I
     if iface.dns_servers or iface.dns_search:
         log.warning("DNS is set for %s but not applied to the system resolver yet",
                     config.interface_name)
+    # The UAPI socket first: it claims the name (a second fz-trio for it stops here), and it
+    # goes last, so its disappearing means the interface is gone (`fz-trio down` waits for it).
+    uapi = open_listener(config.interface_name) if options.uapi else None
+    if uapi is not None:
+        undo.callback(uapi.close)
     tun, mode = _open_tun(config.interface_name, options)
     undo.callback(tun.close)
     network = InterfaceNetwork(config.interface_name)
@@ -302,11 +307,7 @@ async def _bring_up(config: Config, options: Options, undo: AsyncExitStack) -> I
              f"TUN offload {mode.value if mode else 'off'}, "
              f"{kernels.IMPLEMENTATION} data path kernels"
              + (f", full tunnel via table {full_tunnel.fwmark}" if full_tunnel else ""))
-    interface = Interface(config, device, tun, network, loops, stats, fwmark)
-    if options.uapi:
-        interface.uapi = open_listener(config.interface_name)
-        undo.callback(interface.uapi.close)
-    return interface
+    return Interface(config, device, tun, network, loops, stats, fwmark, uapi)
 
 
 def _open_tun(name: str, options: Options) -> tuple[TunDevice, OffloadMode | None]:
