@@ -126,11 +126,14 @@ __all__ = [
     "parse_get_reply",
     "parse_request",
     "parse_status_reply",
+    "reply_errno",
     "reply_length",
     "socket_path",
 ]
 
-# wireguard-go's errno values (ipc/uapi_unix.go), sent as positive numbers in "errno=N".
+# wireguard-go's errno values (ipc/uapi_unix.go). On the wire they are negative, "errno=-22"
+# (wireguard-go's IpcError codes are -EINVAL and so on, and wg(8) prints strerror(-N)); here
+# they are kept positive, as Python's errno module has them.
 EIO: Final = 5
 EPROTO: Final = 71
 EINVAL: Final = 22
@@ -667,10 +670,17 @@ def format_request(request: Request) -> bytes:
 
 
 def format_errno(errno: int) -> bytes:
-    """The whole reply of a request that failed (or, with 0, of a set that worked)."""
+    """The whole reply of a request that failed (or, with 0, of a set that worked): `errno=-N`,
+    negative as wireguard-go sends it, so that wg(8) names the error."""
     if isinstance(errno, bool) or not isinstance(errno, int) or errno < 0:
         raise ValueError("errno must be a number from 0")
-    return f"errno={errno}\n\n".encode("ascii")
+    return f"errno={-errno}\n\n".encode("ascii")
+
+
+def reply_errno(value: str) -> int:
+    """The errno of a reply's `errno=` value, positive: "-22" (wireguard-go, us) and "22"
+    (lenient) are both EINVAL. ValueError if it is no number."""
+    return parse_uint(value.removeprefix("-"), 0, 2**31 - 1)
 
 
 @attrs.frozen
@@ -760,7 +770,7 @@ def _reply_lines(data: bytes) -> list[tuple[str, str]]:
     if key != "errno":
         raise UapiError(EPROTO, "the reply does not end with errno=N")
     try:
-        errno = parse_uint(value, 0, 2**31 - 1)
+        errno = reply_errno(value)
     except ValueError:
         raise UapiError(EPROTO, f"the reply's errno is not a number: {_shown(value)}") from None
     if errno:

@@ -20,7 +20,6 @@ read until its reply is complete (`fz_trio.uapi.reply_length`). Everything that 
 from __future__ import annotations
 
 import os
-import re
 import socket
 import stat
 import time
@@ -35,6 +34,7 @@ from fz_trio.uapi import (
     format_request,
     parse_get_reply,
     parse_status_reply,
+    reply_errno,
     reply_length,
     socket_path,
 )
@@ -171,8 +171,13 @@ def _reply_errno(reply: bytes) -> int | None:
     lines = reply.split(b"\n")
     if len(lines) < 3 or lines[-2:] != [b"", b""]:
         return None
-    match = re.fullmatch(rb"errno=([0-9]{1,10})", lines[-3])
-    return int(match[1]) if match else None
+    key, equals, value = lines[-3].partition(b"=")
+    if key != b"errno" or not equals:
+        return None
+    try:
+        return reply_errno(value.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        return None
 
 
 def _checked(ifname: str, reply: bytes) -> bytes:

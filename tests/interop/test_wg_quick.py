@@ -506,10 +506,6 @@ def test_up_rolls_back_when_setconf_fails(testnet: TestNet, host_cleanup: Cleanu
              what=f"{ifname}.sock to go")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "fz_trio/uapi.py format_errno() replies errno=98, wireguard-go replies errno=-98 (its "
-    "ipc.IpcError* codes are negated errnos): wg(8) takes errno = -N and prints 'Unknown error "
-    "-98' instead of 'Address already in use'"))
 def test_setconf_failure_reads_as_with_wireguard_go(testnet: TestNet,
                                                     host_cleanup: Cleanup) -> None:
     """What wg(8) prints when the set is refused is what it prints for wireguard-go."""

@@ -78,7 +78,7 @@ async def test_requests_split_anywhere_and_several_per_connection(
         listening: tuple[UapiListener, list[str]]) -> None:
     listener, _ = listening
     data = b"get=1\n\nset=1\nlisten_port=x\n\nset=1\nfwmark=7\n\nget=1\n\n"
-    expected = b"listen_port=1\nerrno=0\n\nerrno=22\n\nerrno=0\n\nlisten_port=1\nerrno=0\n\n"
+    expected = b"listen_port=1\nerrno=0\n\nerrno=-22\n\nerrno=0\n\nlisten_port=1\nerrno=0\n\n"
     assert await exchange(listener.path, data) == expected
     assert await exchange(listener.path, data, chunk=1) == expected
 
