@@ -3,10 +3,14 @@
     netns fzt-a-<suffix>                         netns fzt-b-<suffix>
     va 198.18.0.1/30, fd00:18::1/64  <--veth-->  vb 198.18.0.2/30, fd00:18::2/64
 
+`add_spoke()` joins further namespaces to A, each by a veth of its own. The WireGuard ends are
+wireguard-go (`start_wireguard_go`) or fz-trio launched as `fz-trio IFNAME` (`start_fz_trio`), both
+configured with `wg` and `ip` only (`configure_wg`).
+
 Used by the pytest fixtures, `fz-trio demo` and the benchmark. Nothing here touches the host's own
 network namespace: the veth pair is created inside namespace A and its peer end is born in B, and
-every command runs under `ip netns exec`. Only the addresses above and the tunnel addresses
-(100.64.0.0/10, fd00::/8) are ever configured.
+every command runs under `ip netns exec`. Only the addresses above (and, for spokes, others
+inside 198.18.0.0/15) and the tunnel addresses (100.64.0.0/10, fd00::/8) are ever configured.
 
 Cleanup is the point of this module: destroy() kills every process we started and every process
 still living in our namespaces, then deletes the namespaces (which removes the veths and any TUN
@@ -44,12 +48,14 @@ __all__ = [
     "WgPeer",
     "created_namespaces",
     "expect_line",
+    "fz_trio_command",
     "list_namespaces",
     "netns_unavailable_reason",
     "wait_for",
 ]
 
 NS_PREFIX = "fzt-"
+_UNDERLAY = ipaddress.ip_network("198.18.0.0/15")
 WG_SOCKET_DIR = Path("/var/run/wireguard")  # compiled into wireguard-go and wg(8); not per-netns
 DEFAULT_TIMEOUT = 30.0
 KILL_GRACE = 2.0
@@ -175,19 +181,7 @@ class TestNet:
         _live.add(self)
         try:
             for ns in (self.ns_a, self.ns_b):
-                _host(["ip", "netns", "add", ns])
-                self._namespaces.append(ns)
-                _created_namespaces.add(ns)
-                # No DAD: addresses added later (TUN, veth) are usable at once, not after ~1 s.
-                self.run(
-                    ns,
-                    "sysctl",
-                    "-q",
-                    "-w",
-                    "net.ipv6.conf.all.accept_dad=0",
-                    "net.ipv6.conf.default.accept_dad=0",
-                )
-                self.run(ns, "ip", "link", "set", "lo", "up")
+                self._add_namespace(ns)
             # Created inside A with its peer born in B: the host namespace never sees either end.
             self.run(
                 self.ns_a,
@@ -217,6 +211,45 @@ class TestNet:
             self.destroy()
             raise
         return self
+
+    def _add_namespace(self, ns: str) -> None:
+        _host(["ip", "netns", "add", ns])
+        self._namespaces.append(ns)
+        _created_namespaces.add(ns)
+        # No DAD: addresses added later (TUN, veth) are usable at once, not after ~1 s.
+        self.run(
+            ns,
+            "sysctl",
+            "-q",
+            "-w",
+            "net.ipv6.conf.all.accept_dad=0",
+            "net.ipv6.conf.default.accept_dad=0",
+        )
+        self.run(ns, "ip", "link", "set", "lo", "up")
+
+    def add_spoke(self, tag: str, *, hub_address: str, address: str, prefixlen: int = 24) -> str:
+        """One more namespace, `fzt-<tag>-<suffix>`, joined to A by a veth pair of its own.
+
+        A is the hub: its end is `va<tag>` with `hub_address`, the spoke's end is `v<tag>` with
+        `address` (both /`prefixlen`, inside 198.18.0.0/15). Destroyed with the rest; returns
+        the namespace's name.
+        """
+        if not self.created:
+            raise TestNetError("add_spoke() needs a created TestNet")
+        if not (tag.isascii() and tag.isalnum() and len(tag) <= 8) or tag in ("a", "b"):
+            raise TestNetError(f"a spoke's tag is up to 8 letters or digits, not a or b: {tag!r}")
+        for addr in (hub_address, address):
+            if ipaddress.ip_address(addr) not in _UNDERLAY:
+                raise TestNetError(f"underlay address {addr} is outside {_UNDERLAY}")
+        ns = f"{NS_PREFIX}{tag}-{self.suffix}"
+        self._add_namespace(ns)
+        hub_dev, spoke_dev = f"va{tag}", f"v{tag}"
+        self.run(self.ns_a, "ip", "link", "add", hub_dev, "type", "veth", "peer", "name",
+                 spoke_dev, "netns", ns)
+        for where, dev, addr in ((self.ns_a, hub_dev, hub_address), (ns, spoke_dev, address)):
+            self.run(where, "ip", "addr", "add", f"{addr}/{prefixlen}", "dev", dev)
+            self.run(where, "ip", "link", "set", dev, "up")
+        return ns
 
     def destroy(self) -> None:
         """Kill our processes and delete our namespaces; idempotent, every step runs regardless."""
@@ -404,14 +437,32 @@ class TestNet:
 
         wait_for(ready, timeout, what=f"wireguard-go {ifname} in {ns} to come up")
 
+        self.configure_wg(ns, ifname, private_key=private_key, listen_port=listen_port,
+                          peers=peers, addresses=addresses, mtu=mtu)
+        return proc
+
+    def configure_wg(
+        self,
+        ns: str,
+        ifname: str,
+        *,
+        private_key: bytes,
+        listen_port: int | None,
+        peers: Sequence[WgPeer],
+        addresses: Sequence[str],
+        mtu: int | None = 1420,
+    ) -> None:
+        """Configure a userspace WireGuard interface the way wg-quick does: keys, port and peers
+        with one `wg set`, then `ip` for the addresses, the MTU (None: leave it), the link up and
+        a route for each allowed IP."""
         # Keys go through 0600 files, never argv (visible in ps) — same as wg-quick.
-        wg_set: list[str] = ["wg", "set", ifname, "private-key", self._key_file(private_key)]
+        wg_set: list[str] = ["wg", "set", ifname, "private-key", self.key_file(private_key)]
         if listen_port is not None:
             wg_set += ["listen-port", str(listen_port)]
         for peer in peers:
             wg_set += ["peer", encode_key(peer.public_key)]
             if peer.preshared_key is not None:
-                wg_set += ["preshared-key", self._key_file(peer.preshared_key)]
+                wg_set += ["preshared-key", self.key_file(peer.preshared_key)]
             if peer.endpoint is not None:
                 wg_set += ["endpoint", peer.endpoint]
             if peer.persistent_keepalive is not None:
@@ -422,7 +473,8 @@ class TestNet:
         for addr in addresses:
             extra = ["nodad"] if ipaddress.ip_interface(addr).version == 6 else []
             self.run(ns, "ip", "addr", "add", addr, "dev", ifname, *extra)
-        self.run(ns, "ip", "link", "set", "dev", ifname, "mtu", str(mtu), "up")
+        mtu_args = [] if mtu is None else ["mtu", str(mtu)]
+        self.run(ns, "ip", "link", "set", "dev", ifname, *mtu_args, "up")
         for peer in peers:
             for prefix in peer.allowed_ips:
                 net = as_network(prefix)
@@ -442,15 +494,78 @@ class TestNet:
                     raise TestNetError(
                         f"adding route {net} dev {ifname} in {ns}: {cp.stderr.strip()}"
                     )
-        return proc
 
-    def _key_file(self, key: bytes) -> str:
+    # -- fz-trio -----------------------------------------------------------------------------
+    def start_fz_trio(
+        self,
+        ns: str,
+        ifname: str,
+        *,
+        private_key: bytes | None = None,
+        listen_port: int | None = None,
+        peers: Sequence[WgPeer] = (),
+        addresses: Sequence[str] = (),
+        extra_args: Sequence[str] = (),
+        timeout: float = 20.0,
+    ) -> Path:
+        """Launch `fz-trio IFNAME` in `ns` as wg-quick launches a userspace implementation and
+        return the daemon's log file.
+
+        The command goes to the background once the TUN device and the UAPI socket are ready,
+        so it must exit 0 with both in place. The daemon lives in `ns`, so destroy() ends it
+        (`ip link del IFNAME` does too). Given a `private_key`, the interface is then configured
+        with `wg` and `ip` only (configure_wg; its MTU stays fz-trio's own). The UAPI socket is
+        shared by all namespaces, as wireguard-go's is: `ifname` must be unique on the host.
+        """
+        self._check_ns(ns)
+        sock = WG_SOCKET_DIR / f"{ifname}.sock"
+        if ifname in self._wg_ifnames or _uapi_in_use(sock):
+            raise TestNetError(f"{sock} is in use: interface names must be unique on this host")
+        log_path = self.tmpdir / f"fz-trio-{ns}-{ifname}.log"
+        self._wg_ifnames.add(ifname)
+        cp = self.run(
+            ns,
+            *fz_trio_command(),
+            "--log-file",
+            str(log_path),
+            *extra_args,
+            ifname,
+            check=False,
+            timeout=timeout,
+            env=self.python_env(),
+        )
+        if cp.returncode != 0 or not (sock.exists() and self.link_exists(ns, ifname)):
+            log = log_path.read_text(errors="replace")[-2000:] if log_path.exists() else ""
+            raise TestNetError(
+                f"fz-trio {ifname} in {ns} did not come up (exit {cp.returncode}, socket "
+                f"{'present' if sock.exists() else 'missing'}): {cp.stderr.strip()}\n{log}"
+            )
+        if private_key is not None:
+            self.configure_wg(ns, ifname, private_key=private_key, listen_port=listen_port,
+                              peers=peers, addresses=addresses, mtu=None)
+        return log_path
+
+    def wg(self, ns: str, *args: str, input: str | None = None) -> str:
+        """`wg ARGS...` inside `ns` (TestNetError if it fails); its standard output."""
+        return self.run(ns, "wg", *args, input=input).stdout
+
+    def key_file(self, key: bytes) -> str:
+        """A 0600 file in tmpdir holding `key` in base64, for `wg set ... private-key FILE`."""
         fd, path = tempfile.mkstemp(dir=self.tmpdir, prefix="key-")
         try:
             os.write(fd, (encode_key(key) + "\n").encode("ascii"))
         finally:
             os.close(fd)
         return path
+
+
+def fz_trio_command() -> list[str]:
+    """How to run this checkout's fz-trio: the `fz-trio` script installed beside the running
+    interpreter (what a user runs), else `python -m fz_trio`."""
+    script = Path(sys.executable).with_name("fz-trio")
+    if script.is_file() and os.access(script, os.X_OK):
+        return [str(script)]
+    return [sys.executable, "-m", "fz_trio"]
 
 
 def expect_line(proc: subprocess.Popen[bytes], timeout: float = DEFAULT_TIMEOUT) -> str:
