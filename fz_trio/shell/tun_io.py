@@ -81,7 +81,8 @@ def _poller(fd: int, events: int, waker: Waker) -> select.poll:
 
 
 def drain(fd: int, on_error: Callable[[int], None]) -> list[bytes] | None:
-    """Read what the non-blocking `fd` has, up to a batch; None once the fd is closed."""
+    """Read what the non-blocking `fd` has, up to a batch; None once the fd is closed or its
+    device deleted."""
     batch: list[bytes] = []
     size = 0
     read = os.read
@@ -94,6 +95,10 @@ def drain(fd: int, on_error: Callable[[int], None]) -> list[bytes] | None:
             if e.errno == errno.EBADF:
                 return None
             on_error(e.errno or 0)
+            if e.errno == errno.EBADFD:
+                # The device was deleted (`ip link del`): the fd reads EBADFD for ever, and the
+                # link watch is about to stop the interface; spinning on it helps nobody.
+                return None
             break
         batch.append(packet)
         size += len(packet)
