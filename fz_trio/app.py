@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 import os
+import signal
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -37,7 +37,6 @@ from fz_trio.shell.link_watch import link_index, watch_link
 from fz_trio.shell.netconfig import InterfaceNetwork, NetConfigError
 from fz_trio.shell.runner import PacketLoops
 from fz_trio.shell.stats import InterfaceStats, IoStats
-from fz_trio.shell.uapi_server import UapiListener, UapiServerError, open_listener, serve
 from fz_trio.shell.tun import (
     IFF_VNET_HDR,
     OffloadMode,
@@ -48,11 +47,11 @@ from fz_trio.shell.tun import (
 )
 from fz_trio.shell.tun_io import DEFAULT_TUN_IO, DEFAULT_TUN_QUEUES, TunIo
 from fz_trio.shell.tun_offload import TunOffload
+from fz_trio.shell.uapi_server import UapiListener, UapiServerError, open_listener, serve
 from fz_trio.shell.udp import BatchSender, UdpError, UdpSockets, open_udp, set_fwmark
 from fz_trio.uapi import (
     EADDRINUSE,
     DeviceState,
-    ExtensionRequest,
     GetRequest,
     PeerState,
     Request,
@@ -285,7 +284,7 @@ async def _bring_up(config: Config, options: Options, undo: AsyncExitStack) -> I
     full_tunnel = network.apply(addresses=list(iface.addresses), mtu=mtu, allowed_ips=allowed)
     fwmark = full_tunnel.fwmark if full_tunnel else 0
     udp = open_udp(iface.listen_port, fwmark=fwmark or None)
-    undo.callback(lambda: loops.udp.close())  # the sockets in use then (a set may swap them)
+    undo.callback(udp.close)
     device = Device(iface.private_key, mtu=mtu)
     for peer in config.peers:
         device.add_peer(
@@ -298,6 +297,7 @@ async def _bring_up(config: Config, options: Options, undo: AsyncExitStack) -> I
     offload = TunOffload(mode, io) if mode is not None else None
     loops = PacketLoops(device, tun, udp, BatchSender(io, gso=options.gso), io,
                         tun_io=options.tun_io, offload=offload)
+    undo.callback(lambda: loops.udp.close())  # the ones a listen-port change swapped in
     if kernels.IMPLEMENTATION != "native":
         log.warning("data path kernels: the Python twin (%s), 2-4x slower per packet than "
                     "the native ones", kernels.REASON)

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 import attrs
 import trio
 
-from fz_trio.uapi import CLOSE, SOCKET_DIR, RequestReader, Request, UapiError, socket_path
+from fz_trio.uapi import CLOSE, SOCKET_DIR, Request, RequestReader, UapiError, socket_path
 
 log = logging.getLogger(__name__)
 

@@ -45,7 +45,10 @@ class UdpSockets:
         return [s for s in (self.v4, self.v6) if s is not None]
 
     def close(self) -> None:
+        """Close both sockets (again: nothing)."""
         for sock in self.all():
+            if sock.fileno() == -1:
+                continue
             try:
                 trio.lowlevel.notify_closing(sock)  # wakes a task waiting on it, if any
             except RuntimeError:
