@@ -65,6 +65,9 @@ def test_ipv6_underlay(testnet: TestNet) -> None:
     pair.ping(testnet.ns_b, testnet.tunnel_a6)
     shown = testnet.run(testnet.ns_a, "wg", "show", pair.server.ifname, "endpoints").stdout
     assert f"[{testnet.underlay6_b}]:" in shown
+    # `fz-trio up CONFIG` serves UAPI too: wg reads the client's side.
+    ours = testnet.run(testnet.ns_b, "wg", "show", pair.client.ifname, "endpoints").stdout
+    assert f"[{testnet.underlay6_a}]:" in ours, ours
 
 
 def test_shutdown_is_fast_and_clean(testnet: TestNet) -> None:
@@ -102,6 +105,8 @@ def test_full_tunnel_like_wg_quick(testnet: TestNet) -> None:
     pair.ping(ns_b, testnet.tunnel_a6)
     shown = testnet.run(testnet.ns_a, "wg", "show", pair.server.ifname, "transfer").stdout.split()
     assert int(shown[1]) > 0 and int(shown[2]) > 0, shown
+    fwmark = testnet.run(ns_b, "wg", "show", pair.client.ifname, "fwmark").stdout.strip()
+    assert fwmark == "0xca6c", fwmark  # what the full tunnel marks its sockets with, over UAPI
     pair.stop_fz_trio(pair.client)
     rules = testnet.run(ns_b, "ip", "rule", "show").stdout
     assert "51820" not in rules, rules
