@@ -29,7 +29,7 @@ def tests(session: nox.Session) -> None:
     if not session.posargs:
         # The data path and every test that moves packets again, on the Python twin.
         session.run("pytest", "-p", "no:cacheprovider", *PUREPYTHON_TESTS,
-                    env={"FZ_TRIO_PUREPYTHON": "1"})
+                    env={"FZ_TRIO_PUREPYTHON": "1", "HYPOTHESIS_PROFILE": "twin"})
 
 
 @nox.session
