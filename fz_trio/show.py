@@ -48,6 +48,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from fz_trio.core import Network, encode_hex_key, encode_key, public_key_of
+from fz_trio.core import format_endpoint as core_format_endpoint
 from fz_trio.uapi import DeviceState, PeerState
 
 __all__ = [
@@ -150,7 +151,7 @@ def format_endpoint(endpoint: tuple[str, int]) -> str:
         text = format_address(ipaddress.ip_address(address)) + percent + zone
     except ValueError:
         text = host
-    return f"[{text}]:{port}" if ":" in text else f"{text}:{port}"
+    return core_format_endpoint((text, port))
 
 
 def sort_peers(peers: Sequence[PeerState]) -> list[PeerState]:
