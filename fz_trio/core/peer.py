@@ -120,6 +120,11 @@ class Peer:
         self.cookies = CookieJar(self.public_key)
         self.identity_changed()
 
+    @property
+    def has_session(self) -> bool:
+        """A session to send with (until its keys are zeroed, 9 minutes after the last handshake)."""
+        return self.current is not None
+
     def identity_changed(self) -> None:
         """Recompute what depends on the local private key (the static-static DH)."""
         private_key = self.identity.private_key
