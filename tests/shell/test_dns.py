@@ -81,13 +81,16 @@ class Driver:
 
     def __init__(self, net: TestNet, ns: str, ifname: str, *, mode: DnsMode,
                  full_tunnel: bool = True, servers: list[str] = SERVERS,
-                 search: list[str] = SEARCH, path: str | None = None) -> None:
+                 search: list[str] = SEARCH, path: str | None = None,
+                 prelude: str = "") -> None:
         self.journal_dir = net.tmpdir / "journal"
         env_path = f"os.environ['PATH'] = {path!r}\n" if path is not None else ""
+        env_path += prelude
         self.proc = net.popen_python(ns, f"""
 import logging, os, sys
 from ipaddress import ip_address
 from pathlib import Path
+from fz_trio.shell import dns
 from fz_trio.shell.dns import DnsError, DnsMode, apply_dns
 from fz_trio.shell.host_state import HostState
 logging.basicConfig(level=logging.DEBUG, stream=sys.stderr)
@@ -182,6 +185,32 @@ def test_file_mode_leaves_a_file_someone_else_changed(net: TestNet, etc: NetnsEt
     assert resolv.read_text() == theirs
     assert driver.proc.stderr is not None
     assert "changed since fz-trio wrote it" in driver.proc.stderr.read().decode()
+
+
+def test_file_mode_writes_through_a_symlinked_resolv_conf_and_says_whose_it_is(
+        net: TestNet, etc: NetnsEtc) -> None:
+    # /etc/resolv.conf itself cannot be made a link in a namespace (a bind follows links), so the
+    # driver is pointed at a link in the TestNet's directory, to a file "resolvconf manages".
+    _seed(net, etc)
+    run_dir = net.tmpdir / "run"
+    run_dir.mkdir()
+    target = run_dir / "resolv.conf"
+    target.write_text(SEED)
+    link = net.tmpdir / "resolv.conf"
+    link.symlink_to(target)
+    driver = Driver(net, net.ns_b, f"fzd{net.suffix}", mode=DnsMode.FILE, prelude=f"""
+dns.RESOLV_CONF = Path({str(link)!r})
+dns.MANAGED_TARGETS = {{{str(run_dir) + "/"!r}: "resolvconf"}}
+""")
+    assert driver.first == "applied 1"
+    assert link.is_symlink() and "nameserver 100.64.0.53" in target.read_text()
+    assert driver.journal()[0]["data"]["path"] == str(target)
+    assert driver.send("undo") == "undone []"
+    assert link.is_symlink() and target.read_text() == SEED
+    assert driver.proc.stderr is not None
+    log = driver.proc.stderr.read().decode()
+    assert f"links to {target}, which resolvconf manages" in log, log
+    assert "--dns-mode resolvconf avoids this" in log
 
 
 @pytest.mark.parametrize("how", ["claim", "down"])
