@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 RESOLV_CONF = Path("/etc/resolv.conf")
 RESOLVED_RUN_DIR = Path("/run/systemd/resolve")
+NAMED_NETNS_DIR = Path("/run/netns")  # `ip netns add` binds its namespaces here
 # Debian's resolvconf orders its records by this file; wg-quick names its record after the first
 # plain "prefix*" pattern in it (resolvconf_iface_prefix) so that the tunnel's servers come first.
 INTERFACE_ORDER = Path("/etc/resolvconf/interface-order")
@@ -126,9 +127,29 @@ def _resolved_unusable_reason() -> str | None:
 
 def _in_init_netns() -> bool:
     try:
-        return os.stat("/proc/1/ns/net").st_ino == os.stat("/proc/self/ns/net").st_ino
+        me = os.stat("/proc/self/ns/net")
     except OSError:
-        return True  # cannot tell (no /proc, not root): let resolvectl decide
+        return True  # no /proc: cannot tell, let resolvectl decide
+    ours = (me.st_dev, me.st_ino)
+    try:
+        init = os.stat("/proc/1/ns/net")
+        return (init.st_dev, init.st_ino) == ours
+    except OSError:
+        pass
+    # PID 1's namespace is out of sight (a sandbox without ptrace rights): a namespace that
+    # `ip netns` named is not it.
+    try:
+        named = list(NAMED_NETNS_DIR.iterdir())
+    except OSError:
+        return True
+    for path in named:
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) == ours:
+            return False
+    return True
 
 
 # -- applying ------------------------------------------------------------------------------------
@@ -199,6 +220,11 @@ def resolved_commands(ifname: str, servers: Sequence[IPAddress], search: Sequenc
 
 def _apply_resolved(state: HostState, ifname: str, servers: Sequence[IPAddress],
                     search: Sequence[str], full_tunnel: bool, done: list[Change]) -> None:
+    if not _in_init_netns():
+        # resolvectl turns the name into an index here, and resolved would apply it to whichever
+        # of its own links has that index.
+        raise DnsError("systemd-resolved serves PID 1's network namespace, not this one: use "
+                       "--dns-mode resolvconf or file here")
     # After a crash the link is gone with the process, and resolved forgot it: nothing to revert.
     revert = command_change(
         f"systemd-resolved DNS of {ifname}",

@@ -325,6 +325,16 @@ def test_systemd_resolved_path() -> None:
     pytest.skip(_resolved_skip_reason())
 
 
+def test_systemd_resolved_is_refused_in_another_network_namespace(net: TestNet,
+                                                                  etc: NetnsEtc) -> None:
+    # It would configure whichever of the host's links has our interface's index.
+    _seed(net, etc)
+    driver = Driver(net, net.ns_b, f"fzd{net.suffix}", mode=DnsMode.RESOLVED)
+    assert driver.first == ("error: systemd-resolved serves PID 1's network namespace, not this "
+                            "one: use --dns-mode resolvconf or file here | journal: 0")
+    driver.send("undo")
+
+
 def test_systemd_resolved_commands() -> None:
     servers: list[IPAddress] = [IPv4Address("100.64.0.53"), IPv6Address("fd00:64::53")]
     assert resolved_commands("wg0", servers, ["fzt.test"], full_tunnel=True) == [
