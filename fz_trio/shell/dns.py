@@ -177,7 +177,7 @@ def apply_dns(state: HostState, ifname: str, servers: Sequence[IPAddress], searc
             _apply_resolvconf(state, ifname, servers, search, done)
         else:
             _apply_file(state, ifname, servers, search, full_tunnel, done)
-    except DnsError:
+    except Exception:
         for change in reversed(done):
             state.undo(change)
         raise
@@ -313,14 +313,24 @@ def _apply_file(state: HostState, ifname: str, servers: Sequence[IPAddress],
                     path, GLIBC_MAXNS, GLIBC_MAXNS)
     change = file_change(f"{path} for {ifname}", path, old, new)
     state.record(change)
-    done.append(change)
     try:
-        # In place, never by rename: under `ip netns exec` the file is a bind mount, and a
-        # symlinked one must stay the link its owner made.
-        with open(path, "w") as f:
-            f.write(new)
+        _write_in_place(path, new)
     except OSError as e:
+        # Perhaps half written: the journal's undo would not recognise it as ours.
+        try:
+            _write_in_place(path, old)
+        except OSError:
+            log.warning("%s may be left half written: %s", path, _reason(e))
+        state.forget(change)
         raise DnsError(f"cannot write {path}: {_reason(e)}") from None
+    done.append(change)
+
+
+def _write_in_place(path: Path, text: str) -> None:
+    # Never by rename: under `ip netns exec` the file is a bind mount, and a symlinked one must
+    # stay the link its owner made.
+    with open(path, "w") as f:
+        f.write(text)
 
 
 def _resolv_conf_target() -> Path:
@@ -345,7 +355,7 @@ def _run(argv: list[str], stdin: str | None = None) -> None:
     command = " ".join(argv[:3])
     try:
         result = subprocess.run(argv, input=stdin, capture_output=True, text=True,
-                                timeout=COMMAND_TIMEOUT, check=False)
+                                errors="replace", timeout=COMMAND_TIMEOUT, check=False)
     except FileNotFoundError:
         raise DnsError(f"`{argv[0]}` is not installed (not on PATH)") from None
     except subprocess.TimeoutExpired:

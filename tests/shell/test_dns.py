@@ -213,6 +213,20 @@ dns.MANAGED_TARGETS = {{{str(run_dir) + "/"!r}: "resolvconf"}}
     assert "--dns-mode resolvconf avoids this" in log
 
 
+def test_file_mode_an_unwritable_resolv_conf_is_a_dns_error_and_nothing_recorded(
+        net: TestNet, etc: NetnsEtc) -> None:
+    resolv = _seed(net, etc)
+    # Read-only in the driver's own mount namespace only (`ip netns exec` makes it a slave).
+    driver = Driver(net, net.ns_b, f"fzd{net.suffix}", mode=DnsMode.FILE, prelude="""
+import subprocess
+subprocess.run(["mount", "-o", "remount,bind,ro", "/etc/resolv.conf"], check=True)
+""")
+    assert driver.first == ("error: cannot write /etc/resolv.conf: Read-only file system "
+                            "| journal: 0"), driver.first
+    driver.send("undo")
+    assert resolv.read_text() == SEED
+
+
 @pytest.mark.parametrize("how", ["claim", "down"])
 def test_file_mode_after_a_crash_the_next_start_or_down_restores_it(net: TestNet, etc: NetnsEtc,
                                                                     how: str) -> None:
