@@ -122,7 +122,8 @@ class Peer:
 
     @property
     def has_session(self) -> bool:
-        """A session to send with (until its keys are zeroed, 9 minutes after the last handshake)."""
+        """A session to send with (kept until its keys are zeroed, 9 minutes after the last
+        handshake)."""
         return self.current is not None
 
     def identity_changed(self) -> None:
