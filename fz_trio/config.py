@@ -3,8 +3,8 @@
 Pure: no sockets, no DNS, no system calls. ``load_config`` is the only function that touches the
 filesystem, and only to read the one file it is given.
 
-The accepted format is the union of what wg(8) ``setconf`` and wg-quick(8) accept, minus the
-wg-quick hooks we do not implement yet (see ``_UNSUPPORTED``). Every problem is reported as a
+The accepted format is the union of what wg(8) ``setconf`` and wg-quick(8) accept, with one
+refusal: ``SaveConfig = true`` (fz-trio never rewrites the file). Every problem is reported as a
 ``ConfigError`` naming file and line, and key material never appears in a message: a config file
 pasted into a bug report must not leak a key through our error output.
 """
@@ -35,6 +35,8 @@ from fz_trio.values import (
 )
 
 __all__ = [
+    "TABLE_AUTO",
+    "TABLE_OFF",
     "Config",
     "ConfigError",
     "EndpointSetting",
@@ -52,6 +54,12 @@ IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 MIN_MTU_IPV4 = 576
 MIN_MTU_IPV6 = 1280
 MAX_MTU = 65535
+
+TABLE_AUTO = "auto"
+TABLE_OFF = "off"
+MAX_UINT32 = 2**32 - 1
+# The tables iproute2 names without reading /etc/iproute2/rt_tables (its built-in ones).
+_TABLE_NAMES = {"main": 254, "local": 255, "default": 253}
 
 # Used when parse_config gets a pseudo file name such as "<config>" and no explicit name.
 DEFAULT_INTERFACE_NAME = "wg0"
@@ -92,6 +100,15 @@ class InterfaceConfig:
     mtu: int | None  # None: choose automatically
     dns_servers: tuple[IPAddress, ...]
     dns_search: tuple[str, ...]
+    # wg-quick's Table: "auto" (its routing, full tunnel included), "off" (no routes) or a
+    # table number (the names ip(8) always knows become their numbers).
+    table: int | str = TABLE_AUTO
+    fwmark: int | None = None  # None: no mark (FwMark = off or 0)
+    # Shell commands in file order, `%i` not yet expanded (fz_trio.shell.hooks does that).
+    pre_up: tuple[str, ...] = ()
+    post_up: tuple[str, ...] = ()
+    pre_down: tuple[str, ...] = ()
+    post_down: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -125,6 +142,62 @@ def _parse_listen_port(text: str) -> int | None:
 def _parse_mtu(text: str) -> int:
     # The IPv6 minimum depends on the addresses, so it is checked once the section is complete.
     return parse_uint(text, MIN_MTU_IPV4, MAX_MTU)
+
+
+def _parse_u32(text: str) -> int:
+    # wg(8)'s FwMark rule: decimal, or hexadecimal after "0x".
+    if text[:2].lower() == "0x" and len(text) > 2:
+        digits = text[2:]
+        if not (digits.isascii() and all(c in "0123456789abcdefABCDEF" for c in digits)) \
+                or len(digits.lstrip("0")) > 8:
+            raise ValueError(f"expected a number from 0 to {MAX_UINT32} (or 0x...), "
+                             f"got {text!r}")
+        return int(digits, 16)
+    return parse_uint(text, 0, MAX_UINT32)
+
+
+def _parse_fwmark(text: str) -> int | None:
+    if text.lower() == "off":
+        return None
+    try:
+        return _parse_u32(text) or None
+    except ValueError:
+        raise ValueError(f"expected off or a number from 0 to {MAX_UINT32} (0x... for "
+                         f"hexadecimal), got {text!r}") from None
+
+
+def _parse_table(text: str) -> int | str:
+    lowered = text.lower()
+    if lowered in (TABLE_AUTO, TABLE_OFF):
+        return lowered
+    if lowered in _TABLE_NAMES:
+        return _TABLE_NAMES[lowered]
+    if text[:1].isdigit():
+        return _parse_u32(text)
+    # Other names live in /etc/iproute2/rt_tables, and this parser reads no other file.
+    raise ValueError(f"expected auto, off, main, local, default or a table number from 0 to "
+                     f"{MAX_UINT32}, got {text!r} (give a table named in "
+                     f"/etc/iproute2/rt_tables by its number)")
+
+
+def _parse_hook(text: str) -> list[str]:
+    # One line, one command, kept as written (an empty one would run nothing).
+    return [text] if text else []
+
+
+class _Refused(ValueError):
+    """A valid value fz-trio will not act on; its message stands alone (no "invalid")."""
+
+
+def _parse_save_config(text: str) -> bool:
+    lowered = text.lower()  # wg-quick reads it case-insensitively too
+    if lowered == "true":
+        raise _Refused("SaveConfig = true is not supported: fz-trio never rewrites its config "
+                       "file (`wg showconf IFACE` prints the running config, to save it by "
+                       "hand); remove the line or set SaveConfig = false")
+    if lowered != "false":
+        raise ValueError(f"expected true or false, got {text!r}")
+    return False
 
 
 def _split_list(text: str, *, on_whitespace: bool) -> list[str]:
@@ -170,6 +243,13 @@ _INTERFACE_KEYS = _specs(
     _KeySpec("ListenPort", _parse_listen_port),
     _KeySpec("MTU", _parse_mtu),
     _KeySpec("DNS", _list_parser(_parse_dns_token, on_whitespace=True), True),
+    _KeySpec("Table", _parse_table),
+    _KeySpec("FwMark", _parse_fwmark),
+    _KeySpec("PreUp", _parse_hook, True),
+    _KeySpec("PostUp", _parse_hook, True),
+    _KeySpec("PreDown", _parse_hook, True),
+    _KeySpec("PostDown", _parse_hook, True),
+    _KeySpec("SaveConfig", _parse_save_config),
 )
 
 _PEER_KEYS = _specs(
@@ -179,13 +259,6 @@ _PEER_KEYS = _specs(
     _KeySpec("Endpoint", parse_endpoint),
     _KeySpec("PersistentKeepalive", _parse_keepalive),
 )
-
-# wg-quick features we will implement later; refusing them beats silently ignoring a firewall
-# mark or a PostUp hook the user relies on.
-_UNSUPPORTED = {
-    name.lower(): name
-    for name in ("PreUp", "PostUp", "PreDown", "PostDown", "Table", "FwMark", "SaveConfig")
-}
 
 _SECTION_KEYS = {"Interface": _INTERFACE_KEYS, "Peer": _PEER_KEYS}
 _SECTION_NAMES = {name.lower(): name for name in _SECTION_KEYS}
@@ -241,12 +314,20 @@ def _logical_lines(text: str) -> Iterable[tuple[int, str]]:
 
 def _unknown_key(key: str, kind: str) -> str:
     lowered = key.lower()
-    if kind == "Interface" and lowered in _UNSUPPORTED:
-        return f"{_UNSUPPORTED[lowered]} is not supported by fz-trio yet"
     for other, specs in _SECTION_KEYS.items():
         if other != kind and lowered in specs:
             return f"{specs[lowered].name} belongs in [{other}], not [{kind}]"
     return f"unknown key {key!r} in [{kind}]"
+
+
+# 32 bytes in base64 (43 characters and padding) or in hex, as wg and UAPI write keys.
+_KEY_LIKE_RE = re.compile(r"'?(?:[A-Za-z0-9+/]{43,}=*|[0-9a-fA-F]{64,})'?")
+
+
+def _without_keys(message: str) -> str:
+    # Value parsers quote what they got, which helps with a typo but must not show a key
+    # pasted next to the wrong name (`ListenPort = <a private key>`).
+    return _KEY_LIKE_RE.sub("a key-like value (not shown)", message)
 
 
 def _read_sections(text: str) -> list[_Section]:
@@ -273,8 +354,10 @@ def _read_sections(text: str) -> list[_Section]:
             raise _Invalid(number, f"{spec.name} has no value")
         try:
             parsed = spec.parse(value)
+        except _Refused as e:
+            raise _Invalid(number, str(e)) from None
         except ValueError as e:
-            raise _Invalid(number, f"invalid {spec.name}: {e}") from None
+            raise _Invalid(number, f"invalid {spec.name}: {_without_keys(str(e))}") from None
         current.add(spec, parsed, number)
     return sections
 
@@ -305,6 +388,12 @@ def _build_interface(section: _Section) -> InterfaceConfig:
         _check_mtu(mtu[0], mtu[1], addresses)
     dns = [value for value, _ in section.items("DNS")]
     listen_port = section.single("ListenPort")
+    table = section.single("Table")
+    fwmark = section.single("FwMark")
+
+    def hooks(name: str) -> tuple[str, ...]:
+        return tuple(command for command, _ in section.items(name))
+
     return InterfaceConfig(
         private_key=private_key[0],
         addresses=tuple(addresses),
@@ -312,6 +401,12 @@ def _build_interface(section: _Section) -> InterfaceConfig:
         mtu=mtu[0] if mtu else None,
         dns_servers=tuple(v for v in dns if not isinstance(v, str)),
         dns_search=tuple(v for v in dns if isinstance(v, str)),
+        table=table[0] if table else TABLE_AUTO,
+        fwmark=fwmark[0] if fwmark else None,
+        pre_up=hooks("PreUp"),
+        post_up=hooks("PostUp"),
+        pre_down=hooks("PreDown"),
+        post_down=hooks("PostDown"),
     )
 
 

@@ -49,12 +49,14 @@ def test_up_with_a_broken_config_names_file_and_line(tmp_path: Path) -> None:
     assert f"{conf}:3:" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_up_refuses_unsupported_wg_quick_keys(tmp_path: Path) -> None:
+def test_up_refuses_save_config_true_with_the_way_out(tmp_path: Path) -> None:
     conf = tmp_path / "wg8.conf"
     conf.write_text("[Interface]\nPrivateKey = " + encode_key(generate_private_key())
-                    + "\nPostUp = iptables -A FORWARD\n")
+                    + "\nSaveConfig = true\n")
     result = fz("up", str(conf))
-    assert result.returncode == 1 and "PostUp" in result.stderr and "not supported" in result.stderr
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"{conf}:3: SaveConfig = true is not supported" in result.stderr
+    assert "wg showconf" in result.stderr
 
 
 def test_up_as_an_unprivileged_user_says_it_needs_root(

@@ -19,10 +19,10 @@ from fz_trio.config import (
     EndpointSetting,
     InterfaceConfig,
     PeerConfig,
-    decode_key,
     load_config,
     parse_config,
 )
+from fz_trio.core import decode_key
 
 # ---------------------------------------------------------------------------------------------
 # Helpers
@@ -169,6 +169,8 @@ def test_minimal_config_defaults(me: KeyPair) -> None:
     assert interface.mtu is None
     assert interface.dns_servers == ()
     assert interface.dns_search == ()
+    assert interface.table == "auto"
+    assert interface.fwmark is None
 
 
 def test_secrets_are_not_in_repr(me: KeyPair, peer: KeyPair) -> None:
@@ -265,10 +267,99 @@ def test_missing_public_key(me: KeyPair) -> None:
 # Keys in the wrong place, unknown and unsupported keys
 
 
-@pytest.mark.parametrize("key", ["PostUp", "PostDown", "PreUp", "PreDown", "Table", "FwMark",
-                                 "SaveConfig"])
-def test_unsupported_wg_quick_keys(me: KeyPair, key: str) -> None:
-    assert_error(minimal(me, f"{key.lower()} = 1"), 3, f"{key} is not supported by fz-trio yet")
+def test_wg_quick_keys_default_to_wg_quicks_behaviour(me: KeyPair) -> None:
+    interface = parse_config(minimal(me)).interface
+    assert (interface.table, interface.fwmark) == ("auto", None)
+    assert interface.pre_up == interface.post_up == interface.pre_down == interface.post_down == ()
+
+
+@pytest.mark.parametrize(("value", "table"), [
+    ("auto", "auto"), ("AUTO", "auto"), ("off", "off"), ("Off", "off"),
+    ("main", 254), ("local", 255), ("Default", 253),
+    ("0", 0), ("1234", 1234), ("4294967295", 2**32 - 1), ("0x10", 16),
+])
+def test_table(me: KeyPair, value: str, table: int | str) -> None:
+    assert parse_config(minimal(me, f"Table = {value}")).interface.table == table
+
+
+@pytest.mark.parametrize(("value", "fragment"), [
+    ("4294967296", "from 0 to 4294967295"),
+    ("-1", "expected auto, off"),
+    ("vpn", "by its number"),
+    ("0xfffffffff", "0x"),
+])
+def test_bad_table(me: KeyPair, value: str, fragment: str) -> None:
+    assert_error(minimal(me, f"Table = {value}"), 3, "invalid Table", fragment)
+
+
+def test_table_once(me: KeyPair) -> None:
+    assert_error(minimal(me, "Table = 1", "Table = 2"), 4, "duplicate Table")
+
+
+@pytest.mark.parametrize(("value", "fwmark"), [
+    ("51820", 51820), ("0xca6c", 51820), ("0XCA6C", 51820), ("0x00000001", 1),
+    ("4294967295", 2**32 - 1), ("0xffffffff", 2**32 - 1), ("off", None), ("OFF", None),
+    ("0", None), ("0x0", None),
+])
+def test_fwmark(me: KeyPair, value: str, fwmark: int | None) -> None:
+    assert parse_config(minimal(me, f"FwMark = {value}")).interface.fwmark == fwmark
+
+
+@pytest.mark.parametrize("value", ["4294967296", "0x100000000", "0x", "0xg", "-5", "mark",
+                                   "1.5", "+3"])
+def test_bad_fwmark(me: KeyPair, value: str) -> None:
+    assert_error(minimal(me, f"FwMark = {value}"), 3, "invalid FwMark", "off or a number")
+
+
+def test_hooks_keep_order_and_text(me: KeyPair) -> None:
+    text = minimal(
+        me,
+        "PreUp = echo one %i > /tmp/x",
+        "postup = iptables -A FORWARD -i %i -j ACCEPT; iptables -t nat -A POSTROUTING -o eth0 "
+        "-j MASQUERADE",
+        "PreUp = a=b; echo \"$a\"",
+        "PostUp =",  # nothing to run, like wg-quick's empty eval
+        "PreDown = echo down",
+        "POSTDOWN = printf '%s\\n' x   # a comment, cut as wg-quick cuts it",
+        "PostDown = second",
+    )
+    interface = parse_config(text).interface
+    assert interface.pre_up == ("echo one %i > /tmp/x", 'a=b; echo "$a"')
+    assert interface.post_up == ("iptables -A FORWARD -i %i -j ACCEPT; iptables -t nat -A "
+                                 "POSTROUTING -o eth0 -j MASQUERADE",)
+    assert interface.pre_down == ("echo down",)
+    assert interface.post_down == ("printf '%s\\n' x", "second")
+
+
+def test_hooks_belong_in_interface(me: KeyPair, peer: KeyPair) -> None:
+    assert_error(with_peer(me, peer, "PostUp = true"), 5, "PostUp belongs in [Interface]")
+
+
+@pytest.mark.parametrize("value", ["false", "False", "FALSE"])
+def test_save_config_false_is_accepted(me: KeyPair, value: str) -> None:
+    assert parse_config(minimal(me, f"SaveConfig = {value}")).interface.private_key == me.private
+
+
+@pytest.mark.parametrize("value", ["true", "True"])
+def test_save_config_true_is_refused_with_what_to_do(me: KeyPair, value: str) -> None:
+    error = assert_error(minimal(me, f"SaveConfig = {value}"), 3,
+                         "SaveConfig = true is not supported", "never rewrites",
+                         "wg showconf", "SaveConfig = false")
+    assert "invalid" not in error.message
+
+
+def test_save_config_other_values(me: KeyPair) -> None:
+    assert_error(minimal(me, "SaveConfig = yes"), 3, "invalid SaveConfig", "true or false")
+
+
+@pytest.mark.parametrize("key", ["ListenPort", "MTU", "Table", "FwMark", "SaveConfig"])
+def test_a_key_under_the_wrong_name_is_not_echoed(me: KeyPair, key: str) -> None:
+    # A private key pasted after the wrong name: the value parsers quote bad values, but never
+    # one that looks like a key (base64 or hex of 32 bytes).
+    for secret in (me.private_b64, me.private_b64.rstrip("="), me.private.hex()):
+        error = assert_error(minimal(me, f"{key} = {secret}"), 3, f"invalid {key}")
+        assert secret.rstrip("=") not in str(error)
+        assert me.private_b64[:20] not in str(error)
 
 
 def test_unknown_key(me: KeyPair, peer: KeyPair) -> None:
