@@ -7,8 +7,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import stat
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -29,8 +30,21 @@ class CliError(Exception):
 
 
 def _cmd_genkey(args: argparse.Namespace) -> int:
+    _warn_if_stdout_world_accessible()
     print(encode_key(generate_private_key()))
     return 0
+
+
+def _warn_if_stdout_world_accessible() -> None:
+    # wg genkey's check and words: a private key about to land in a file others can read.
+    try:
+        mode = os.fstat(sys.stdout.fileno()).st_mode
+    except (OSError, ValueError):  # no real stdout (closed, or a test's StringIO)
+        return
+    if stat.S_ISREG(mode) and mode & stat.S_IRWXO:
+        sys.stderr.write("Warning: writing to world accessible file.\n"
+                         "Consider setting the umask to 077 and trying again.\n")
+        sys.stderr.flush()
 
 
 def _cmd_pubkey(args: argparse.Namespace) -> int:
@@ -42,16 +56,43 @@ def _cmd_pubkey(args: argparse.Namespace) -> int:
     return 0
 
 
+def _require_capabilities(what: str, listen_port: int | None = None) -> None:
+    """CAP_NET_ADMIN (the TUN device, addresses, routes, rules), and CAP_NET_BIND_SERVICE when
+    the listen port is a privileged one: the capabilities, not root, since a service can be
+    given exactly these."""
+    from fz_trio.shell import capabilities as caps
+
+    needed = [caps.CAP_NET_ADMIN]
+    privileged_port = caps.needs_bind_service(listen_port)
+    if privileged_port:
+        needed.append(caps.CAP_NET_BIND_SERVICE)
+    try:
+        missing = caps.missing_capabilities(needed)
+    except OSError:  # no /proc: fall back to the old rule
+        missing = [] if os.geteuid() == 0 else [caps.capability_name(cap) for cap in needed]
+    if not missing:
+        return
+    reasons = []
+    if caps.capability_name(caps.CAP_NET_ADMIN) in missing:
+        reasons.append("CAP_NET_ADMIN to create its TUN device and set its addresses and routes")
+    if caps.capability_name(caps.CAP_NET_BIND_SERVICE) in missing:
+        reasons.append(f"CAP_NET_BIND_SERVICE to listen on the privileged port {listen_port}")
+    raise CliError(f"{what} needs {' and '.join(reasons)} (run as root or give it "
+                   f"{'the capability' if len(missing) == 1 else 'these capabilities'}, "
+                   f"e.g. AmbientCapabilities={' '.join(missing)} in a systemd unit)")
+
+
 def _require_root(what: str) -> None:
     if os.geteuid() != 0:
-        raise CliError(f"{what} must run as root: it creates a TUN device and changes routes")
+        raise CliError(f"{what} must run as root: it creates network namespaces and runs "
+                       f"wireguard-go, iperf3 and ping inside them")
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
+    config = _load(args)
+    _require_capabilities("fz-trio up", config.interface.listen_port)
     from fz_trio.app import Options, StartError, run_until_signalled
 
-    config = _load(args)
-    _require_root("fz-trio up")
     options = Options(tun_queues=args.tun_queues, gso=not args.no_gso,
                       tun_io=TunIo(args.tun_io), offload=not args.no_offload)
     try:
@@ -63,15 +104,16 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 def _cmd_launch(args: argparse.Namespace) -> int:
     """`fz-trio [-f] IFNAME`: what wg-quick runs as WG_QUICK_USERSPACE_IMPLEMENTATION."""
-    from fz_trio.app import Options, StartError, empty_config, run_until_signalled
     from fz_trio.ifname import check_interface_name
-    from fz_trio.shell.daemon import ReadyNotifier, launch, wants_foreground
 
     try:
         check_interface_name(args.ifname)
     except ValueError as e:
         raise CliError(str(e)) from None
-    _require_root("fz-trio IFNAME")
+    _require_capabilities("fz-trio IFNAME")  # its listen port comes later, over UAPI
+    from fz_trio.app import Options, StartError, empty_config, run_until_signalled
+    from fz_trio.shell.daemon import ReadyNotifier, launch, wants_foreground
+
     config = empty_config(args.ifname)
     options = Options(tun_queues=args.tun_queues, gso=not args.no_gso,
                       tun_io=TunIo(args.tun_io), offload=not args.no_offload)
@@ -165,11 +207,29 @@ def _load(args: argparse.Namespace) -> Config:
     from fz_trio.config import ConfigError, load_config
 
     try:
-        return load_config(args.config, interface_name=args.interface)
+        config = load_config(args.config, interface_name=args.interface)
     except ConfigError as e:
         raise CliError(str(e)) from e
     except OSError as e:
         raise CliError(f"cannot read {args.config}: {e.strerror}") from e
+    warn_if_world_accessible(args.config)
+    return config
+
+
+def warn_if_world_accessible(path: str) -> None:
+    """wg-quick's warning, on wg-quick's rule: the file and the directory it is in both grant
+    others some access (`stat` of both, ANDed with 0007), after following symbolic links. The
+    file holds a private key."""
+    real = os.path.realpath(path)
+    try:
+        file_mode = os.stat(real).st_mode
+        dir_mode = os.stat(os.path.dirname(real)).st_mode
+    except OSError:
+        return  # it was just read; a directory we cannot stat tells us nothing either way
+    if file_mode & dir_mode & stat.S_IRWXO:
+        logging.getLogger("fz_trio.cli").warning(
+            "Warning: '%s' is world accessible (others may read its private key; "
+            "chmod o-rwx %s)", real, real)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -188,11 +248,11 @@ def _cmd_repl(args: argparse.Namespace) -> int:
         return run_sim_repl(seed=args.seed)
     if not args.config:
         raise CliError("repl: a config file is needed (or --sim for a simulated network)")
+    config = _load(args)
+    _require_capabilities("fz-trio repl", config.interface.listen_port)
     from fz_trio.app import StartError
     from fz_trio.repl import run_live_repl
 
-    config = _load(args)
-    _require_root("fz-trio repl")
     try:
         return trio.run(run_live_repl, config)
     except StartError as e:
@@ -220,6 +280,16 @@ def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
                         help="send each UDP datagram with its own syscall (no UDP GSO)")
 
 
+def _add_logging_options(parser: argparse.ArgumentParser, dest_prefix: str = "") -> None:
+    from fz_trio.logs import FORMATS
+
+    parser.add_argument("-v", "--verbose", action="count", dest=f"{dest_prefix}verbose",
+                        default=0, help="more logging: -v debug lines of fz-trio, -vv of "
+                                        "everything (pyroute2's netlink messages too)")
+    parser.add_argument("--log-format", choices=FORMATS, dest=f"{dest_prefix}log_format",
+                        help="text lines (the default) or one JSON object per line")
+
+
 def build_launch_parser() -> argparse.ArgumentParser:
     """`fz-trio [-f] IFNAME`, the command line wg-quick and wg-quick@.service use."""
     parser = argparse.ArgumentParser(
@@ -227,7 +297,7 @@ def build_launch_parser() -> argparse.ArgumentParser:
         "its UAPI socket (wg, wg-quick); runs in the background once ready.")
     parser.add_argument("-f", "--foreground", action="store_true",
                         help="stay in the foreground (also: WG_PROCESS_FOREGROUND=1)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    _add_logging_options(parser)
     parser.add_argument("--log-file", help="where the background process logs")
     _add_runtime_options(parser)
     parser.add_argument("ifname", help="the interface to create, e.g. wg0")
@@ -240,17 +310,24 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fz-trio", description="A WireGuard-compatible VPN client on Trio."
     )
     parser.add_argument("--version", action="version", version=_version())
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    _add_logging_options(parser)
+    # Each subcommand takes the logging options too (`fz-trio up -v wg0.conf`), under other
+    # names: a subparser's defaults would otherwise overwrite what came before the command.
+    logging_options = argparse.ArgumentParser(add_help=False)
+    _add_logging_options(logging_options, dest_prefix="sub_")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    up = sub.add_parser(
+    def command(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[logging_options], **kwargs)
+
+    up = command(
         "up", help="bring a tunnel up from a wg-quick config; runs until SIGINT/SIGTERM")
     up.add_argument("config", help="path to a wg-quick style config, e.g. wg0.conf")
     up.add_argument("--interface", help="interface name (default: the config file's stem)")
     _add_runtime_options(up)
     up.set_defaults(func=_cmd_up)
 
-    show = sub.add_parser(
+    show = command(
         "show", help="show running interfaces as `wg show` does, with fz-trio's own state")
     show.add_argument("interface", nargs="?",
                       help="the interface (default, or `all`: every one; `interfaces`: their "
@@ -259,24 +336,24 @@ def build_parser() -> argparse.ArgumentParser:
                       help="one JSON object per interface and line (never a private key)")
     show.set_defaults(func=_cmd_show)
 
-    down = sub.add_parser(
+    down = command(
         "down", help="take a running fz-trio interface down (the process exits)")
     down.add_argument("interface", help="the interface, e.g. wg0")
     down.set_defaults(func=_cmd_down)
 
-    genkey = sub.add_parser("genkey", help="print a new private key (like `wg genkey`)")
+    genkey = command("genkey", help="print a new private key (like `wg genkey`)")
     genkey.set_defaults(func=_cmd_genkey)
 
-    pubkey = sub.add_parser("pubkey", help="read a private key on stdin, print its public key")
+    pubkey = command("pubkey", help="read a private key on stdin, print its public key")
     pubkey.set_defaults(func=_cmd_pubkey)
 
-    demo = sub.add_parser("demo", help="build a test network in namespaces and show a live tunnel")
+    demo = command("demo", help="build a test network in namespaces and show a live tunnel")
     demo.add_argument("--seconds", type=int, default=3, help="throughput test length")
     demo.add_argument("--peer", choices=["auto", "wireguard-go", "fz-trio"], default="auto",
                       help="what runs on the far end (default: wireguard-go when installed)")
     demo.set_defaults(func=_cmd_demo)
 
-    repl = sub.add_parser("repl", help="an async Python REPL with the tunnel up (or, with --sim, "
+    repl = command("repl", help="an async Python REPL with the tunnel up (or, with --sim, "
                                        "peers on a simulated network)")
     repl.add_argument("config", nargs="?", help="wg-quick style config (omit with --sim)")
     repl.add_argument("--interface", help="interface name (default: the config file's stem)")
@@ -293,25 +370,39 @@ def _version() -> str:
     return f"fz-trio {__version__} ({kernels.IMPLEMENTATION} data path kernels: {kernels.REASON})"
 
 
+def _options_with_values(parser: argparse.ArgumentParser) -> set[str]:
+    return {option for action in parser._actions if action.nargs != 0
+            for option in action.option_strings}
+
+
 def _is_launch(argv: list[str]) -> bool:
-    """`fz-trio [options] IFNAME`: the first word that is not an option names no command."""
-    for word in argv:
+    """`fz-trio [options] IFNAME`: the first word that is neither an option nor an option's
+    value names no command."""
+    takes_value = _options_with_values(build_launch_parser())
+    words = iter(argv)
+    for word in words:
         if word in ("-h", "--help", "--version"):
             return False
-        if not word.startswith("-"):
+        if word in takes_value:
+            next(words, None)
+        elif not word.startswith("-"):
             return word not in COMMANDS
     return False
+
+
+def _setup_logging(args: argparse.Namespace) -> None:
+    from fz_trio.logs import setup_logging
+
+    verbosity = args.verbose + getattr(args, "sub_verbose", 0)
+    fmt = getattr(args, "sub_log_format", None) or args.log_format or "text"
+    setup_logging(verbosity, fmt)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_launch_parser() if _is_launch(argv) else build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    _setup_logging(args)
     try:
         return int(args.func(args))
     except CliError as e:
