@@ -12,7 +12,7 @@ service has no terminal to read from).
 Failure semantics are wg-quick's: a failing PreUp or PostUp stops at that command and raises
 `HookError` (the caller takes the interface down again, as wg-quick's exit trap does); a failing
 PreDown or PostDown is logged and the remaining commands still run (the interface is going down
-whatever they say). The calls block: hooks are short commands run at start and at exit.
+whatever they say). `run_hooks` blocks; `run_hooks_async` is the same for a running Trio loop.
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ import signal
 import subprocess
 from collections.abc import Sequence
 
-__all__ = ["BASH", "HookError", "expand", "run_hooks"]
+import trio
+
+__all__ = ["BASH", "HookError", "expand", "run_hooks", "run_hooks_async"]
 
 log = logging.getLogger(__name__)
 
@@ -50,26 +52,64 @@ def run_hooks(kind: str, commands: Sequence[str], ifname: str, *, check: bool) -
 
     check=True (PreUp, PostUp): the first failing command raises HookError and the rest do not
     run. check=False (PreDown, PostDown): a failure is logged and the next command runs."""
-    env = dict(os.environ, INTERFACE=ifname)
+    env = _environment(ifname)
     for command in commands:
-        line = expand(command, ifname)
-        log.info("[#] %s", line)
-        failure = _run(line, env)
-        if failure is None:
-            continue
-        message = f"{kind} command {failure}: {line}"
-        if check:
-            raise HookError(message)
-        log.warning("%s; going on with the rest", message)
+        line = _announce(command, ifname)
+        _settle(kind, line, _start_and_wait(line, env), check=check)
 
 
-def _run(line: str, env: dict[str, str]) -> str | None:
-    """None when the command succeeded, else how it failed (for a message)."""
+async def run_hooks_async(kind: str, commands: Sequence[str], ifname: str, *,
+                          check: bool) -> None:
+    """`run_hooks` for code on a running Trio loop: the packet loops keep running while a hook
+    does (a PostUp that pings through the tunnel needs them), and cancelling the caller
+    (SIGTERM) ends the hook too (SIGTERM, then SIGKILL after trio's grace period)."""
+    env = _environment(ifname)
+    for command in commands:
+        line = _announce(command, ifname)
+        try:
+            done = await trio.run_process([*BASH, line], stdin=subprocess.DEVNULL,
+                                          stdout=_STDERR_FD, env=env, check=False)
+            outcome = _failure(done.returncode)
+        except OSError as e:
+            outcome = _cannot_start(e)
+        _settle(kind, line, outcome, check=check)
+
+
+def _environment(ifname: str) -> dict[str, str]:
+    return dict(os.environ, INTERFACE=ifname)
+
+
+def _announce(command: str, ifname: str) -> str:
+    line = expand(command, ifname)
+    log.info("[#] %s", line)
+    return line
+
+
+def _settle(kind: str, line: str, failure: str | None, *, check: bool) -> None:
+    if failure is None:
+        return
+    message = f"{kind} command {failure}: {line}"
+    if check:
+        raise HookError(message)
+    log.warning("%s; going on with the rest", message)
+
+
+def _start_and_wait(line: str, env: dict[str, str]) -> str | None:
     try:
         status = subprocess.run([*BASH, line], stdin=subprocess.DEVNULL, stdout=_STDERR_FD,
                                 env=env, check=False).returncode
-    except OSError as e:  # no bash on PATH, or it cannot be executed
-        return f"could not start bash ({e.strerror or e})"
+    except OSError as e:
+        return _cannot_start(e)
+    return _failure(status)
+
+
+def _cannot_start(error: OSError) -> str:
+    # No bash on PATH, or it cannot be executed.
+    return f"could not start bash ({error.strerror or error})"
+
+
+def _failure(status: int) -> str | None:
+    """None for success, else how the command ended (for a message)."""
     if status == 0:
         return None
     if status < 0:

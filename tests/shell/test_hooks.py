@@ -4,16 +4,33 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
 import subprocess
+import time
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 import pytest
+import trio
 
-from fz_trio.shell.hooks import HookError, expand, run_hooks
+from fz_trio.shell.hooks import HookError, expand, run_hooks, run_hooks_async
 
 IFNAME = "wgtest0"
+
+Runner = Callable[..., None]
+
+
+def run_async(kind: str, commands: Sequence[str], ifname: str, *, check: bool) -> None:
+    trio.run(partial(run_hooks_async, kind, commands, ifname, check=check))
+
+
+@pytest.fixture(params=["blocking", "async"])
+def run(request: pytest.FixtureRequest) -> Runner:
+    """Both faces of the module: every behaviour below holds for each."""
+    return run_hooks if request.param == "blocking" else run_async
 
 
 def test_percent_i_is_the_interface_everywhere() -> None:
@@ -21,11 +38,11 @@ def test_percent_i_is_the_interface_everywhere() -> None:
     assert expand("printf '%s\\n' 100%", "wg1") == "printf '%s\\n' 100%"
 
 
-def test_commands_run_in_order_with_percent_i_expanded(
+def test_commands_run_in_order_with_percent_i_expanded(run: Runner,
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     out = tmp_path / "out"
     caplog.set_level(logging.INFO, "fz_trio.shell.hooks")
-    run_hooks("PostUp", [f"echo one %i >> {out}", f"echo two >> {out}",
+    run("PostUp", [f"echo one %i >> {out}", f"echo two >> {out}",
                          f"touch {tmp_path}/%i.up"], IFNAME, check=True)
     assert out.read_text() == f"one {IFNAME}\ntwo\n"
     assert (tmp_path / f"{IFNAME}.up").exists()
@@ -34,35 +51,35 @@ def test_commands_run_in_order_with_percent_i_expanded(
         f"[#] touch {tmp_path}/{IFNAME}.up"]
 
 
-def test_output_goes_to_our_stderr(capfd: pytest.CaptureFixture[str]) -> None:
-    run_hooks("PreUp", ["echo to-stdout; echo to-stderr >&2"], IFNAME, check=True)
+def test_output_goes_to_our_stderr(run: Runner, capfd: pytest.CaptureFixture[str]) -> None:
+    run("PreUp", ["echo to-stdout; echo to-stderr >&2"], IFNAME, check=True)
     captured = capfd.readouterr()
     assert "to-stdout\n" in captured.err and "to-stderr\n" in captured.err
     assert captured.out == ""
 
 
-def test_environment_is_ours_plus_interface_and_no_stdin(
+def test_environment_is_ours_plus_interface_and_no_stdin(run: Runner,
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FZ_HOOK_TEST", "from the parent")
     out = tmp_path / "env"
-    run_hooks("PreUp", [f'echo "$FZ_HOOK_TEST|$INTERFACE|$(cat)|$$" > {out}'], IFNAME,
+    run("PreUp", [f'echo "$FZ_HOOK_TEST|$INTERFACE|$(cat)|$$" > {out}'], IFNAME,
               check=True)
     inherited, interface, stdin, pid = out.read_text().strip().split("|")
     assert (inherited, interface, stdin) == ("from the parent", IFNAME, "")
     assert pid.isdigit()
 
 
-def test_a_failing_up_hook_stops_there(tmp_path: Path) -> None:
+def test_a_failing_up_hook_stops_there(run: Runner, tmp_path: Path) -> None:
     with pytest.raises(HookError) as info:
-        run_hooks("PostUp", [f"touch {tmp_path}/first", "exit 3", f"touch {tmp_path}/third"],
+        run("PostUp", [f"touch {tmp_path}/first", "exit 3", f"touch {tmp_path}/third"],
                   IFNAME, check=True)
     assert str(info.value) == "PostUp command failed with exit status 3: exit 3"
     assert (tmp_path / "first").exists() and not (tmp_path / "third").exists()
 
 
-def test_a_failing_down_hook_is_logged_and_the_rest_run(
+def test_a_failing_down_hook_is_logged_and_the_rest_run(run: Runner,
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    run_hooks("PreDown", ["exit 7", "kill -TERM $$", f"touch {tmp_path}/%i.down"], IFNAME,
+    run("PreDown", ["exit 7", "kill -TERM $$", f"touch {tmp_path}/%i.down"], IFNAME,
               check=False)
     assert (tmp_path / f"{IFNAME}.down").exists()
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -72,34 +89,69 @@ def test_a_failing_down_hook_is_logged_and_the_rest_run(
 
 
 @pytest.mark.parametrize("command", ["false; echo ran > {out}", "false | true; echo ran > {out}"])
-def test_wg_quicks_errexit_and_pipefail_apply(tmp_path: Path, command: str) -> None:
+def test_wg_quicks_errexit_and_pipefail_apply(run: Runner, tmp_path: Path, command: str) -> None:
     out = tmp_path / "out"
     with pytest.raises(HookError, match="exit status 1"):
-        run_hooks("PreUp", [command.format(out=out)], IFNAME, check=True)
+        run("PreUp", [command.format(out=out)], IFNAME, check=True)
     assert not out.exists()
 
 
-def test_extglob_is_on_as_under_wg_quick(tmp_path: Path) -> None:
+def test_extglob_is_on_as_under_wg_quick(run: Runner, tmp_path: Path) -> None:
     (tmp_path / "a.conf").touch()
     (tmp_path / "b.txt").touch()
     out = tmp_path / "out"
-    run_hooks("PreUp", [f"cd {tmp_path} && echo !(*.txt|out) > {out}"], IFNAME, check=True)
+    run("PreUp", [f"cd {tmp_path} && echo !(*.txt|out) > {out}"], IFNAME, check=True)
     assert out.read_text() == "a.conf\n"
 
 
-def test_no_bash_is_a_hook_error_for_up_and_a_warning_for_down(
+def test_no_bash_is_a_hook_error_for_up_and_a_warning_for_down(run: Runner,
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))  # an empty directory: no bash to find
     with pytest.raises(HookError, match="PreUp command could not start bash"):
-        run_hooks("PreUp", ["true"], IFNAME, check=True)
-    run_hooks("PostDown", ["true"], IFNAME, check=False)
+        run("PreUp", ["true"], IFNAME, check=True)
+    run("PostDown", ["true"], IFNAME, check=False)
     assert "PostDown command could not start bash" in caplog.text
 
 
-def test_no_commands_run_nothing(capfd: pytest.CaptureFixture[str]) -> None:
-    run_hooks("PostUp", [], IFNAME, check=True)
+def test_no_commands_run_nothing(run: Runner, capfd: pytest.CaptureFixture[str]) -> None:
+    run("PostUp", [], IFNAME, check=True)
     assert capfd.readouterr() == ("", "")
+
+
+def test_the_loop_runs_while_an_async_hook_does() -> None:
+    ticks = 0
+
+    async def main() -> None:
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await trio.sleep(0.02)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(tick)
+            await run_hooks_async("PostUp", ["sleep 0.3"], IFNAME, check=True)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    assert ticks >= 5
+
+
+def test_cancelling_an_async_hook_ends_its_command(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+
+    async def main() -> None:
+        with trio.move_on_after(0.5):
+            await run_hooks_async("PreUp", [f"echo $$ > {pid_file}; exec sleep 30"], IFNAME,
+                                  check=True)
+
+    started = time.monotonic()
+    trio.run(main)
+    assert time.monotonic() - started < 5
+    pid = int(pid_file.read_text())
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
 
 
 # ---------------------------------------------------------------------------------------------
