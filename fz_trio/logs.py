@@ -45,6 +45,21 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+class _BelowLevelOf(logging.Filter):
+    """Drops the records of `names` (and their children) below `level`. Levels alone do not
+    hold: pyroute2 resets its logger to NOTSET when it is imported, which is after we start."""
+
+    def __init__(self, names: tuple[str, ...], level: int) -> None:
+        super().__init__()
+        self.prefixes = tuple(f"{name}." for name in names)
+        self.names = names
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        noisy = record.name in self.names or record.name.startswith(self.prefixes)
+        return not noisy or record.levelno >= self.level
+
+
 def levels_for(verbosity: int) -> dict[str, int]:
     """The level of the root logger ("") and of the loggers set apart from it."""
     if verbosity >= 2:
@@ -64,6 +79,7 @@ def setup_logging(verbosity: int = 0, fmt: str = "text", stream: TextIO | None =
     handler = logging.StreamHandler(sys.stderr if stream is None else stream)
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
     handler.set_name(_HANDLER_NAME)
+    handler.addFilter(_BelowLevelOf(NOISY_LOGGERS, levels_for(verbosity)[NOISY_LOGGERS[0]]))
     root = logging.getLogger()
     for old in [h for h in root.handlers if h.get_name() == _HANDLER_NAME]:
         root.removeHandler(old)

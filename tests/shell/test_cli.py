@@ -330,6 +330,29 @@ def test_subcommands_and_launch_mode_take_the_logging_options() -> None:
     assert fz("genkey", "--log-format", "yaml").returncode == 2
 
 
+@pytest.mark.parametrize(("flag", "shown"), [
+    ("", ["fz_trio info", "fz_trio warning", "pyroute2 warning"]),
+    ("-v", ["fz_trio debug", "fz_trio info", "fz_trio warning", "pyroute2 warning"]),
+    ("-vv", ["fz_trio debug", "fz_trio info", "fz_trio warning", "pyroute2 debug",
+             "pyroute2 info", "pyroute2 warning"]),
+])
+def test_pyroute2_stays_quiet_below_vv_even_when_imported_later(flag: str,
+                                                                shown: list[str]) -> None:
+    # pyroute2 sets its logger's level when it is imported: after the command line set ours.
+    code = ("import logging, sys\n"
+            "from fz_trio import cli\n"
+            "cli._setup_logging(cli.build_parser().parse_args(sys.argv[1:]))\n"
+            "import pyroute2\n"
+            "for name in ('fz_trio.x', 'pyroute2.netlink'):\n"
+            "    for level in ('debug', 'info', 'warning'):\n"
+            "        getattr(logging.getLogger(name), level)(name.split('.')[0] + ' ' + level)\n")
+    root = str(Path(__file__).resolve().parents[2])
+    result = subprocess.run([sys.executable, "-c", code, *filter(None, [flag]), "genkey"],
+                            capture_output=True, text=True, timeout=30, check=True,
+                            env=dict(os.environ, PYTHONPATH=root))
+    assert [line.split(": ", 1)[1] for line in result.stderr.splitlines()] == shown
+
+
 def test_json_log_lines(restore_logging: None) -> None:
     import io
     import json
