@@ -15,7 +15,12 @@ keepalive at once; the same private key again changes nothing.
 
 from __future__ import annotations
 
-from fz_trio.core import KEY_LEN, Tunnel, TunnelError, check_peer_key, public_key_of
+from collections.abc import Mapping
+
+import attrs
+
+from fz_trio.config import Config
+from fz_trio.core import KEY_LEN, Endpoint, Tunnel, TunnelError, check_peer_key, public_key_of
 from fz_trio.uapi import EINVAL, PeerChange, SetRequest, UapiError
 
 _NO_KEY = bytes(KEY_LEN)
@@ -75,3 +80,44 @@ def _apply_peer(tunnel: Tunnel, change: PeerChange, now: float, wall: float) -> 
         tunnel.add_allowed_ips(key, change.allowed_ips)
     if change.persistent_keepalive is not None:
         tunnel.set_persistent_keepalive(key, change.persistent_keepalive, now, wall)
+
+
+def reload_request(running: Config, new: Config,
+                   endpoints: Mapping[bytes, Endpoint]) -> SetRequest:
+    """The `set` that turns the tunnel `running` configured into what `new` says (SIGHUP), the
+    way `wg syncconf` does: a peer whose lines did not change is not touched (its sessions and
+    roamed endpoint stay), a changed one is set whole, a vanished one removed. `endpoints` holds
+    the new config's endpoints, resolved."""
+    old_iface, iface = running.interface, new.interface
+    old_peers = {peer.public_key: peer for peer in running.peers}
+    changes = []
+    for peer in new.peers:
+        old = old_peers.pop(peer.public_key, None)
+        if old is not None and attrs.evolve(old, line=peer.line) == peer:
+            continue
+        endpoint = endpoints.get(peer.public_key)
+        if old is not None and old.endpoint == peer.endpoint:
+            endpoint = None  # unchanged: keep where the peer roamed to
+        changes.append(PeerChange(
+            peer.public_key, preshared_key=peer.preshared_key or _NO_KEY, endpoint=endpoint,
+            persistent_keepalive=peer.persistent_keepalive or 0, replace_allowed_ips=True,
+            allowed_ips=peer.allowed_ips))
+    changes += [PeerChange(key, remove=True) for key in old_peers]
+    return SetRequest(
+        private_key=(iface.private_key if iface.private_key != old_iface.private_key
+                     else None),
+        listen_port=(iface.listen_port or 0 if iface.listen_port != old_iface.listen_port
+                     else None),
+        fwmark=(iface.fwmark or 0 if iface.fwmark != old_iface.fwmark else None),
+        peers=tuple(changes))
+
+
+# What a reload cannot change on a running interface (they need `down` and `up` again).
+RESTART_ONLY = ("addresses", "mtu", "dns_servers", "dns_search", "table", "pre_up", "post_up",
+                "pre_down", "post_down")
+
+
+def needs_restart(running: Config, new: Config) -> list[str]:
+    """The [Interface] settings that differ but are only applied at start."""
+    return [name for name in RESTART_ONLY
+            if getattr(running.interface, name, None) != getattr(new.interface, name, None)]

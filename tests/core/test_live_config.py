@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 
+from fz_trio.config import Config
 from fz_trio.core import TYPE_TRANSPORT, public_key_of
 from fz_trio.core.messages import TYPE_INITIATION
 from fz_trio.core.tunnel import TunnelError, check_peer_key
@@ -176,3 +177,40 @@ def test_unusable_peer_keys_are_refused() -> None:
     with pytest.raises(TunnelError):
         check_peer_key(b"short")
     check_peer_key(public_key_of(det_key("ok")))
+
+
+def _config(*peer_blocks: str, port: int = 51820) -> Config:
+    from fz_trio.config import parse_config
+    from fz_trio.core import encode_key
+
+    text = f"[Interface]\nPrivateKey = {encode_key(det_key('me'))}\nListenPort = {port}\n"
+    for block in peer_blocks:
+        text += "[Peer]\n" + block
+    return parse_config(text)
+
+
+def _peer(name: str, extra: str = "") -> str:
+    from fz_trio.core import encode_key
+
+    return (f"PublicKey = {encode_key(public_key_of(det_key(name)))}\n"
+            f"AllowedIPs = 100.64.0.{len(name)}/32\n{extra}")
+
+
+def test_a_reload_touches_only_the_peers_whose_lines_changed() -> None:
+    from fz_trio.live_config import needs_restart, reload_request
+
+    running = _config(_peer("alice"), _peer("bob"), _peer("carol"))
+    new = _config("# a comment moves every line down\n" + _peer("alice"),
+                  _peer("bob", "PersistentKeepalive = 25\nEndpoint = 198.18.0.9:51820\n"),
+                  _peer("dave"), port=51821)
+    request = reload_request(running, new, {public_key_of(det_key("bob")): ("198.18.0.9", 51820)})
+    changed = {c.public_key: c for c in request.peers}
+    assert public_key_of(det_key("alice")) not in changed
+    bob = changed[public_key_of(det_key("bob"))]
+    assert (bob.persistent_keepalive, bob.endpoint, bob.replace_allowed_ips) == (
+        25, ("198.18.0.9", 51820), True)
+    assert changed[public_key_of(det_key("carol"))].remove
+    assert not changed[public_key_of(det_key("dave"))].remove
+    assert request.listen_port == 51821 and request.private_key is None
+    assert needs_restart(running, new) == []
+    assert reload_request(running, running, {}).peers == ()
