@@ -193,7 +193,7 @@ def _peer(name: str, extra: str = "") -> str:
     from fz_trio.core import encode_key
 
     return (f"PublicKey = {encode_key(public_key_of(det_key(name)))}\n"
-            f"AllowedIPs = 100.64.0.{len(name)}/32\n{extra}")
+            f"AllowedIPs = 100.64.0.{ord(name[0])}/32\n{extra}")
 
 
 def test_a_reload_touches_only_the_peers_whose_lines_changed() -> None:
