@@ -76,9 +76,9 @@ class Change:
         return cls(str(obj["what"]), str(obj["undo"]), dict(obj.get("data") or {}))
 
 
-def netlink_change(what: str, kind: str, spec: dict[str, Any]) -> Change:
-    """Undone by `IPRoute().<kind>("del", **spec)`; spec must be plain JSON values."""
-    return Change(what, "netlink", {"kind": kind, "spec": spec})
+def netlink_change(what: str, kind: str, spec: dict[str, Any], cmd: str = "del") -> Change:
+    """Undone by `IPRoute().<kind>(cmd, **spec)`; spec must be plain JSON values."""
+    return Change(what, "netlink", {"kind": kind, "cmd": cmd, "spec": spec})
 
 
 def file_change(what: str, path: str | os.PathLike[str], old: str, new: str) -> Change:
@@ -289,7 +289,7 @@ def _undo_netlink(data: dict[str, Any]) -> None:
 
     with IPRoute() as ipr:
         try:
-            getattr(ipr, data["kind"])("del", **data["spec"])
+            getattr(ipr, data["kind"])(data.get("cmd", "del"), **data["spec"])
         except NetlinkError as e:
             if e.code in GONE_ERRNOS:
                 raise _Gone(os.strerror(e.code)) from None

@@ -20,7 +20,14 @@ longest-prefix match in `main`; in table 51820 it would only be seen after `main
 LAN route already. The caller marks its UDP sockets with SO_MARK = fwmark so that the encrypted
 packets skip table 51820 and leave through the real default route.
 
-Not done (wg-quick does them): the nftables/iptables anti-spoofing and connmark rules, DNS.
+`Table` as wg-quick reads it: "auto" is the above; "off" adds no routes at all; a number (main is
+254) puts every AllowedIPs route, /0 included, in that table and adds no rules. `FwMark` is the
+mark of the UDP sockets and, under "auto", the full tunnel's table too.
+
+Changes that outlive the TUN device (the policy rules, the sysctl) are written to the host-state
+journal (`shell.host_state`) before they are made, so a `kill -9` is undone by the next start;
+what goes with the device (its addresses, routes, MTU) is undone from memory only. The
+anti-spoofing nftables rules are `shell.firewall`'s, DNS is `shell.dns`'s.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from fz_trio.core import Network, as_network
+from fz_trio.shell.host_state import Change, HostState, file_change, netlink_change, undo_change
 
 __all__ = [
     "DEFAULT_FWMARK",
@@ -63,12 +71,6 @@ RULE_PRIORITY_SUPPRESS = 32764
 RULE_PRIORITY_NOT_FWMARK = 32765
 SRC_VALID_MARK_PATH = Path("/proc/sys/net/ipv4/conf/all/src_valid_mark")
 IPV6_MIN_MTU = 1280
-
-# Errors that mean "what we wanted to undo is already gone" — usually because the TUN device
-# vanished with its last fd and took its addresses and routes with it.
-_GONE_ERRNOS = frozenset(
-    {errno.ENOENT, errno.ESRCH, errno.ENODEV, errno.EADDRNOTAVAIL, errno.ENXIO}
-)
 
 Interface = IPv4Interface | IPv6Interface
 
@@ -94,12 +96,15 @@ _Action = Callable[[IPRoute], object]
 
 
 def _nl(kind: str, cmd: str, spec: dict[str, Any]) -> _Action:
-    """A deferred pyroute2 call such as `ipr.route("del", **spec)`, for the undo stack."""
+    """A deferred pyroute2 call such as `ipr.route("add", **spec)`."""
 
     def call(ipr: IPRoute) -> object:
         return getattr(ipr, kind)(cmd, **spec)
 
     return call
+
+
+Table = int | str  # "auto", "off" or a routing table number
 
 
 def _describe(exc: BaseException) -> str:
@@ -127,12 +132,29 @@ class InterfaceNetwork:
     recorded, so close() never removes what someone else set up.
     """
 
-    def __init__(self, ifname: str) -> None:
+    def __init__(self, ifname: str, state: HostState | None = None) -> None:
         self.ifname = ifname
+        self.state = state
         self.index: int | None = None
         self.full_tunnel: FullTunnel | None = None
-        self._undo: list[tuple[str, _Action]] = []
+        # (the change's undo, whether the journal holds it), oldest first
+        self._undo: list[tuple[Change, bool]] = []
         self._applied = False
+
+    def _push(self, change: Change, *, lasting: bool) -> None:
+        """Remember how to undo a change about to be made; a lasting one (it outlives the
+        device) goes to the journal first."""
+        journaled = lasting and self.state is not None
+        if journaled:
+            assert self.state is not None
+            self.state.record(change)
+        self._undo.append((change, journaled))
+
+    def _drop(self) -> None:
+        """The change just pushed was not made (it was already in place)."""
+        change, journaled = self._undo.pop()
+        if journaled and self.state is not None:
+            self.state.forget(change)
 
     # -- context manager -------------------------------------------------------------------------
     def __enter__(self) -> InterfaceNetwork:
@@ -153,14 +175,20 @@ class InterfaceNetwork:
         addresses: Sequence[IPv4Interface | IPv6Interface],
         mtu: int,
         allowed_ips: Sequence[Network | str],
-        fwmark: int = DEFAULT_FWMARK,
+        fwmark: int | None = None,
+        table: Table = "auto",
         txqueuelen: int = 10000,
     ) -> FullTunnel | None:
         """Configure the interface; on failure undo what was done and raise NetConfigError.
 
         Blocking (a few netlink round trips); from Trio call it via trio.to_thread.run_sync.
-        Returns a FullTunnel when allowed_ips holds 0.0.0.0/0 and/or ::/0, else None.
+        Returns a FullTunnel when `table` is "auto" and allowed_ips holds 0.0.0.0/0 and/or
+        ::/0, else None. `fwmark` None means DEFAULT_FWMARK for a full tunnel.
         """
+        if fwmark is None:
+            fwmark = DEFAULT_FWMARK
+        if not (table in ("auto", "off") or isinstance(table, int) and 0 < table < 2**32):
+            raise NetConfigError(f"{self.ifname}: invalid routing table {table!r}")
         if self._applied:
             raise NetConfigError(f"{self.ifname}: apply() was already called; close() first")
         try:
@@ -168,7 +196,10 @@ class InterfaceNetwork:
             nets = [as_network(n) for n in allowed_ips]
         except ValueError as exc:
             raise NetConfigError(f"{self.ifname}: {exc}") from exc
-        full_families = frozenset(_family(n) for n in nets if n.prefixlen == 0)
+        if table == "off":
+            nets = []
+        full_families = (frozenset(_family(n) for n in nets if n.prefixlen == 0)
+                         if table == "auto" else frozenset())
         if full_families and not 0 < fwmark < 2**32:
             raise NetConfigError(
                 f"{self.ifname}: a full tunnel needs a non-zero fwmark, got {fwmark}"
@@ -182,7 +213,7 @@ class InterfaceNetwork:
         self._applied = True
         try:
             with IPRoute() as ipr:
-                self._apply(ipr, addrs, mtu, nets, fwmark, txqueuelen, full_families)
+                self._apply(ipr, addrs, mtu, nets, fwmark, table, txqueuelen, full_families)
         except BaseException as exc:
             try:
                 self.close()
@@ -210,10 +241,13 @@ class InterfaceNetwork:
             raise NetConfigError(f"{self.ifname}: {what} failed: {_describe(exc)}") from exc
         return True
 
-    def _add(self, ipr: IPRoute, what: str, kind: str, spec: dict[str, Any]) -> None:
-        """`ipr.<kind>("add", **spec)`, and remember `("del", **spec)` unless it already existed."""
-        if self._step(ipr, f"adding {what}", _nl(kind, "add", spec)):
-            self._undo.append((f"deleting {what}", _nl(kind, "del", spec)))
+    def _add(self, ipr: IPRoute, what: str, kind: str, spec: dict[str, Any], *,
+             lasting: bool = False) -> None:
+        """`ipr.<kind>("add", **spec)`, undone by `("del", **spec)` unless it already existed.
+        The undo is written down before the change is made."""
+        self._push(netlink_change(f"{kind} {what}", kind, spec), lasting=lasting)
+        if not self._step(ipr, f"adding {what}", _nl(kind, "add", spec)):
+            self._drop()
 
     def _apply(
         self,
@@ -222,6 +256,7 @@ class InterfaceNetwork:
         mtu: int,
         nets: list[Network],
         fwmark: int,
+        table: Table,
         txqueuelen: int,
         full_families: frozenset[socket.AddressFamily],
     ) -> None:
@@ -237,16 +272,12 @@ class InterfaceNetwork:
         was_up = bool(link["flags"] & 0x1)  # IFF_UP
 
         # MTU and queue length first: the link must not come up with the 1500 default.
+        self._push(netlink_change(f"restoring mtu {old['mtu']} txqueuelen {old['txqlen']}",
+                                  "link", {"index": idx, **old}, cmd="set"), lasting=False)
         self._step(
             ipr,
             f"setting mtu {mtu} txqueuelen {txqueuelen}",
             _nl("link", "set", {"index": idx, "mtu": mtu, "txqlen": txqueuelen}),
-        )
-        self._undo.append(
-            (
-                f"restoring mtu {old['mtu']} txqueuelen {old['txqlen']}",
-                _nl("link", "set", {"index": idx, **old}),
-            )
         )
 
         for a in addrs:
@@ -259,18 +290,22 @@ class InterfaceNetwork:
             self._add(ipr, f"address {a}", "addr", spec)
 
         if not was_up:
+            self._push(netlink_change("setting link down", "link",
+                                      {"index": idx, "state": "down"}, cmd="set"),
+                       lasting=False)
             self._step(ipr, "setting link up", _nl("link", "set", {"index": idx, "state": "up"}))
-            self._undo.append(
-                ("setting link down", _nl("link", "set", {"index": idx, "state": "down"}))
-            )
 
         if socket.AF_INET in full_families:
             self._enable_src_valid_mark()
 
         for n in nets:
-            table = fwmark if n.prefixlen == 0 else MAIN_TABLE
-            tname = "main" if table == MAIN_TABLE else str(table)
-            spec = {"dst": str(n), "oif": idx, "table": table, "family": _family(n)}
+            if table == "auto":
+                number = fwmark if n.prefixlen == 0 else MAIN_TABLE
+            else:
+                assert isinstance(table, int)
+                number = table
+            tname = "main" if number == MAIN_TABLE else str(number)
+            spec = {"dst": str(n), "oif": idx, "table": number, "family": int(_family(n))}
             self._add(ipr, f"route {n} dev {self.ifname} table {tname}", "route", spec)
 
         # Priorities pin the suppress rule *before* the fwmark rule (see RULE_PRIORITY_*). It is
@@ -282,43 +317,41 @@ class InterfaceNetwork:
                 f"{_fam_name(fam)} rule table main suppress_prefixlength 0",
                 "rule",
                 {
-                    "family": fam,
+                    "family": int(fam),
                     "table": MAIN_TABLE,
                     "suppress_prefixlen": 0,
                     "priority": RULE_PRIORITY_SUPPRESS,
                 },
+                lasting=True,
             )
             self._add(
                 ipr,
                 f"{_fam_name(fam)} rule not fwmark {fwmark} table {fwmark}",
                 "rule",
                 {
-                    "family": fam,
+                    "family": int(fam),
                     "table": fwmark,
                     "fwmark": fwmark,
                     "flags": FIB_RULE_INVERT,
                     "priority": RULE_PRIORITY_NOT_FWMARK,
                 },
+                lasting=True,
             )
 
     def _enable_src_valid_mark(self) -> None:
         # Reverse-path filtering must take the fwmark into account, or replies to our marked
         # UDP socket are judged by table 51820 (default via the tunnel) and dropped.
+        what = "setting net.ipv4.conf.all.src_valid_mark=1"
         try:
-            old = SRC_VALID_MARK_PATH.read_text().strip()
-            if old == "1":
+            old = SRC_VALID_MARK_PATH.read_text()
+            if old.strip() == "1":
                 return
+            # Undone only if it still reads 1: someone who changed it after us keeps theirs.
+            self._push(file_change(f"restoring net.ipv4.conf.all.src_valid_mark={old.strip()}",
+                                   SRC_VALID_MARK_PATH, old, "1\n"), lasting=True)
             SRC_VALID_MARK_PATH.write_text("1\n")
         except OSError as exc:
-            what = "setting net.ipv4.conf.all.src_valid_mark=1"
             raise NetConfigError(f"{self.ifname}: {what} failed: {_describe(exc)}") from exc
-
-        def restore(_: IPRoute) -> None:
-            # Leave it alone if someone changed it after us.
-            if SRC_VALID_MARK_PATH.read_text().strip() == "1":
-                SRC_VALID_MARK_PATH.write_text(f"{old}\n")
-
-        self._undo.append((f"restoring net.ipv4.conf.all.src_valid_mark={old}", restore))
 
     # -- close -----------------------------------------------------------------------------------
     def close(self) -> None:
@@ -330,25 +363,12 @@ class InterfaceNetwork:
         undo, self._undo = self._undo, []
         self.full_tunnel = None
         self._applied = False
-        if not undo:
-            return
         failures: list[str] = []
-        try:
-            ipr = IPRoute()
-        except Exception as exc:  # pragma: no cover - netlink socket creation failing is exotic
-            raise NetConfigError(f"{self.ifname}: cannot open netlink to clean up: {exc}") from exc
-        with ipr:
-            for what, action in reversed(undo):
-                try:
-                    action(ipr)
-                except NetlinkError as exc:
-                    if exc.code in _GONE_ERRNOS:
-                        log.debug("%s: %s: already gone (%s)", self.ifname, what, _describe(exc))
-                    else:
-                        log.warning("%s: %s failed: %s", self.ifname, what, _describe(exc))
-                        failures.append(f"{what}: {_describe(exc)}")
-                except OSError as exc:
-                    log.warning("%s: %s failed: %s", self.ifname, what, _describe(exc))
-                    failures.append(f"{what}: {_describe(exc)}")
+        for change, journaled in reversed(undo):
+            failure = undo_change(change)  # "already gone" is no failure
+            if journaled and self.state is not None and failure is None:
+                self.state.forget(change)  # a failed one stays for the next start to retry
+            if failure is not None:
+                failures.append(failure)
         if failures:
             raise NetConfigError(f"{self.ifname}: cleanup incomplete: " + "; ".join(failures))

@@ -316,3 +316,80 @@ def test_under_trio_directly_and_from_threads(testnet: TestNet) -> None:
     assert testnet.run_python(testnet.ns_b, code).stdout.strip() == "51820"
     s = snapshot(testnet, testnet.ns_b)
     assert not s["exists"] and s["rules4"] == [] and s["src_valid_mark"] == "0"
+
+
+# Child with a host-state journal and Table/FwMark: apply, report, then wait to be killed.
+JOURNALED_CHILD = textwrap.dedent(
+    """
+    import json, sys
+    from pathlib import Path
+    from ipaddress import ip_interface, ip_network
+    from fz_trio.shell.host_state import HostState
+    from fz_trio.shell.tun import open_tun
+    from fz_trio.shell.netconfig import InterfaceNetwork
+    cfg = json.loads(sys.argv[1])
+    state = HostState("fzt0", Path(cfg["state_dir"]))
+    state.claim()
+    dev = open_tun("fzt0")
+    net = InterfaceNetwork(dev.name, state)
+    ft = net.apply(addresses=[ip_interface(a) for a in cfg["addresses"]], mtu=1420,
+                   allowed_ips=[ip_network(n) for n in cfg["allowed_ips"]],
+                   table=cfg["table"], fwmark=cfg["fwmark"])
+    print("APPLIED", json.dumps(ft and ft.fwmark))
+    sys.stdin.readline()
+    """
+)
+
+
+def start_journaled(net: TestNet, ns: str, **cfg: Any):  # type: ignore[no-untyped-def]
+    cfg.setdefault("state_dir", str(net.tmpdir / "state"))
+    cfg.setdefault("table", "auto")
+    cfg.setdefault("fwmark", None)
+    code = JOURNALED_CHILD.replace(
+        "json.loads(sys.argv[1])", repr(json.dumps(cfg)).join(("json.loads(", ")")))
+    proc = net.popen_python(ns, code)
+    line = expect_line(proc)
+    assert line.startswith("APPLIED "), line
+    return proc, json.loads(line.removeprefix("APPLIED "))
+
+
+def test_a_killed_full_tunnel_is_undone_by_the_next_claim(testnet: TestNet) -> None:
+    """kill -9: the device and its routes vanish with the process, the rules and the sysctl
+    stay; the journal written before each of them lets the next start remove them."""
+    ns = testnet.ns_b
+    before = snapshot(testnet, ns)
+    proc, fwmark = start_journaled(testnet, ns, addresses=["100.64.0.2/24"],
+                                   allowed_ips=["0.0.0.0/0", "::/0"], fwmark=0x1234)
+    assert fwmark == 0x1234
+    s = snapshot(testnet, ns)
+    assert s["rules4"][1]["fwmark"] == "0x1234" and s["src_valid_mark"] == "1"
+    proc.kill()
+    proc.wait()
+    left = snapshot(testnet, ns)
+    assert not left["exists"] and left["rules4"] and left["src_valid_mark"] == "1"
+    code = (f"from pathlib import Path\nfrom fz_trio.shell.host_state import HostState\n"
+            f"HostState('fzt0', Path({str(testnet.tmpdir / 'state')!r})).claim()\n")
+    testnet.run_python(ns, code)
+    assert snapshot(testnet, ns) == before
+
+
+@pytest.mark.parametrize("table", ["off", 1234, 254])
+def test_table_off_or_a_number_adds_no_rules(testnet: TestNet, table: int | str) -> None:
+    """wg-quick's Table: off adds no routes; a number puts every route, /0 too, in that table,
+    with no policy rules (a full tunnel is then the user's own business)."""
+    ns = testnet.ns_b
+    proc, full = start_journaled(testnet, ns, addresses=["100.64.0.2/24"],
+                                 allowed_ips=["0.0.0.0/0", "100.90.0.0/16"], table=table)
+    assert full is None
+    s = snapshot(testnet, ns)
+    assert s["rules4"] == s["rules6"] == [] and s["src_valid_mark"] == "0"
+    cp = testnet.run(ns, "ip", "-j", "-4", "route", "show", "table", str(table), check=False)
+    ours = sorted(r["dst"] for r in json.loads(cp.stdout or "[]") if r.get("dev") == IF)
+    if table == "off":
+        assert s["main4"] == ["100.64.0.0/24"]  # the address's own route only
+    elif table == 254:
+        assert s["main4"] == ["100.64.0.0/24", "100.90.0.0/16", "default"]
+    else:
+        assert ours == ["100.90.0.0/16", "default"] and s["t4"] == []
+    proc.kill()
+    proc.wait()
