@@ -16,13 +16,14 @@ wg-quick relies on) from an empty one, configured afterwards over UAPI.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
 import signal
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from functools import partial
 
@@ -30,11 +31,17 @@ import attrs
 import trio
 
 from fz_trio import __version__, live_config
-from fz_trio.config import Config, InterfaceConfig
+from fz_trio.config import Config, ConfigError, InterfaceConfig, PeerConfig
 from fz_trio.core import Endpoint, encode_hex_key
 from fz_trio.datapath import Device, kernels
+from fz_trio.shell.dns import DnsError, DnsMode, apply_dns, choose_mode
+from fz_trio.shell.firewall import FirewallError, apply_anti_spoofing
+from fz_trio.shell.hooks import HookError, run_hooks, run_hooks_async
+from fz_trio.shell.host_state import HostState, StateError
 from fz_trio.shell.link_watch import link_index, watch_link
 from fz_trio.shell.netconfig import InterfaceNetwork, NetConfigError
+from fz_trio.shell.peer_watch import PeerWatch, status_line
+from fz_trio.shell.route_mtu import auto_mtu
 from fz_trio.shell.runner import PacketLoops
 from fz_trio.shell.stats import InterfaceStats, IoStats
 from fz_trio.shell.tun import (
@@ -65,6 +72,10 @@ from fz_trio.uapi import (
 log = logging.getLogger(__name__)
 
 DEFAULT_MTU = 1420
+RESOLVE_FIRST_RETRY = 1.0
+RESOLVE_MAX_RETRY = 60.0
+PEER_WATCH_INTERVAL = 1.0
+HOOK_DOWN_TIMEOUT = 30.0  # a PreDown that hangs must not keep the interface up forever
 
 
 class StartError(Exception):
@@ -80,6 +91,11 @@ class Options:
     tun_io: TunIo = DEFAULT_TUN_IO
     offload: bool = True  # TUN offloads (virtio_net_hdr, TSO/USO) when the kernel has them
     uapi: bool = True  # serve /var/run/wireguard/IFACE.sock
+    # `fz-trio up` (not `fz-trio IFNAME`, configured by wg-quick): MTU chosen like wg-quick's.
+    host_integration: bool = True
+    dns_mode: DnsMode | None = None  # None: choose_mode picks one
+    # Told while start-up waits (an endpoint that does not resolve yet): systemd's STATUS=.
+    on_wait: Callable[[str], None] | None = attrs.field(default=None, eq=False)
 
 
 def empty_config(interface_name: str) -> Config:
@@ -103,8 +119,10 @@ class Interface:
     stats: InterfaceStats
     fwmark: int = 0
     uapi: UapiListener | None = None
-    # Set by `fz-trio down` (the UAPI extension): `run_interface` then takes the interface down.
+    # Set by `fz-trio down` (the UAPI extension), SIGTERM and SIGINT: `run_interface` then
+    # takes the interface down (PreDown first, while the loops still run).
     stop_requested: trio.Event = attrs.Factory(trio.Event)
+    hooks_armed: bool = False  # PostUp ran: PostDown is due at the end
     _configuring: trio.Lock = attrs.Factory(trio.Lock)
 
     @property
@@ -231,6 +249,43 @@ class Interface:
                 "kernels": kernels.IMPLEMENTATION, "kernels_reason": kernels.REASON,
                 "mtu": self.device.mtu, "stats": self.report(), "peers": peers}
 
+    def log_stats(self) -> None:
+        """SIGUSR1: the statistics and each peer's state, in the log."""
+        log.info("%s: %s; stats: %s", self.name,
+                 status_line(self.device.peers, time.time()), json.dumps(self.report()))
+
+    async def reload(self, load: Callable[[], Config]) -> None:
+        """SIGHUP: read the config again and apply what changed, as `wg syncconf` would (peers
+        whose lines did not change keep their sessions). A config that does not load, or a
+        change the interface refuses, leaves the running config as it is."""
+        log.info("%s: reloading the config", self.name)
+        try:
+            new = load()
+        except Exception as e:  # noqa: BLE001 - whatever the loader raises, the old config stays
+            self.stats.io.error("reload")
+            log.error("%s: reload failed, the running config stays: %s", self.name, e)
+            return
+        try:
+            moved = {peer.public_key: peer.endpoint for peer in new.peers
+                     if peer.endpoint is not None}
+            old = {peer.public_key: peer.endpoint for peer in self.config.peers}
+            endpoints = {key: await resolve_endpoint(setting.host, setting.port)
+                         for key, setting in moved.items() if old.get(key) != setting}
+            request = live_config.reload_request(self.config, new, endpoints)
+            async with self._configuring:
+                await self.configure(request)
+        except (ConfigError, StartError, UapiError) as e:
+            self.stats.io.error("reload")
+            log.error("%s: reload failed, the running config stays: %s", self.name, e)
+            return
+        for name in live_config.needs_restart(self.config, new):
+            log.warning("%s: the config's %s changed; that is applied at the next start only",
+                        self.name, name)
+        live = attrs.evolve(self.config.interface, private_key=new.interface.private_key,
+                            listen_port=new.interface.listen_port)
+        self.config = attrs.evolve(self.config, interface=live, peers=new.peers)
+        log.info("%s: reloaded: %d peer change(s)", self.name, len(request.peers))
+
     def set_mtu(self, mtu: int) -> None:
         """The link's MTU changed (wg-quick sets it after we start): pad to the new one."""
         if mtu != self.device.mtu:
@@ -239,13 +294,40 @@ class Interface:
 
 
 async def resolve_endpoint(host: str, port: int) -> Endpoint:
-    """An IP literal stays as it is; a DNS name is resolved once, at start, as wg-quick does."""
+    """An IP literal stays as it is; a DNS name is resolved once, as wg-quick does."""
     try:
         infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
     except OSError as e:
         raise StartError(f"cannot resolve endpoint {host}:{port}: {e}") from e
     infos.sort(key=lambda info: info[0] != socket.AF_INET)  # prefer IPv4, like wg
     return str(infos[0][4][0]), port
+
+
+async def resolve_endpoints(peers: Sequence[PeerConfig],
+                            on_wait: Callable[[str], None] | None = None
+                            ) -> dict[bytes, Endpoint]:
+    """Every peer's endpoint, resolved; a name that does not resolve yet (booting before the
+    network, a resolver not up) is tried again with backoff, for as long as it takes: the
+    interface is of no use without its peers, and a service manager should not see it fail
+    for a network that comes up a minute later. Before any host change, so the queries do not
+    go into a tunnel that is not there yet."""
+    endpoints = {}
+    for peer in peers:
+        if peer.endpoint is None:
+            continue
+        delay = RESOLVE_FIRST_RETRY
+        while True:
+            try:
+                endpoints[peer.public_key] = await resolve_endpoint(peer.endpoint.host,
+                                                                    peer.endpoint.port)
+                break
+            except StartError as e:
+                log.warning("%s; trying again in %g s", e, delay)
+                if on_wait is not None:
+                    on_wait(f"waiting for endpoint {peer.endpoint.host} to resolve")
+            await trio.sleep(delay)
+            delay = min(delay * 2, RESOLVE_MAX_RETRY)
+    return endpoints
 
 
 @asynccontextmanager
@@ -255,34 +337,52 @@ async def interface_up(config: Config, options: Options = Options()
     async with AsyncExitStack() as undo:
         try:
             interface = await _bring_up(config, options, undo)
-        except (TunError, NetConfigError, UdpError, UapiServerError) as e:
+        except (TunError, NetConfigError, UdpError, UapiServerError, StateError, DnsError,
+                HookError, FirewallError) as e:
             raise StartError(str(e)) from e
         yield interface
 
 
 async def _bring_up(config: Config, options: Options, undo: AsyncExitStack) -> Interface:
-    iface = config.interface
-    mtu = iface.mtu or DEFAULT_MTU
-    endpoints = {}
-    for peer in config.peers:
-        if peer.endpoint is not None:
-            endpoints[peer.public_key] = await resolve_endpoint(peer.endpoint.host,
-                                                                peer.endpoint.port)
-    if iface.dns_servers or iface.dns_search:
-        log.warning("DNS is set for %s but not applied to the system resolver yet",
-                    config.interface_name)
-    # The UAPI socket first: it claims the name (a second fz-trio for it stops here), and it
-    # goes last, so its disappearing means the interface is gone (`fz-trio down` waits for it).
-    uapi = open_listener(config.interface_name) if options.uapi else None
+    """Up in wg-quick's order (PreUp, the interface, its addresses, MTU, routes, firewall, DNS,
+    PostUp); `undo` takes it down in the reverse one (PreDown, ..., PostDown). Every host
+    change outside the TUN device is written to the journal before it is made."""
+    iface, name = config.interface, config.interface_name
+    # The journal first: a dead fz-trio's rules and resolv.conf are undone before anything
+    # else (its DNS might be why a name does not resolve), and a live one is refused here.
+    state = HostState(name)
+    state.claim()
+    undo.callback(state.release)
+    built: list[Interface] = []
+
+    def post_down() -> None:
+        if built and built[0].hooks_armed:  # only after a PostUp, as wg-quick's down
+            run_hooks("PostDown", iface.post_down, name, check=False)
+
+    undo.callback(post_down)
+    undo.callback(_undo_host_changes, state)
+    endpoints = await resolve_endpoints(config.peers, options.on_wait)
+    await run_hooks_async("PreUp", iface.pre_up, name, check=True)
+    # The UAPI socket before the device: it claims the name (a wireguard-go for it stops us
+    # here), and it goes last, so its disappearing means the interface is gone.
+    uapi = open_listener(name) if options.uapi else None
     if uapi is not None:
         undo.callback(uapi.close)
-    tun, mode = _open_tun(config.interface_name, options)
+    tun, mode = _open_tun(name, options)
     undo.callback(tun.close)
-    network = InterfaceNetwork(config.interface_name)
+    # Measured before any full-tunnel rule exists, which would send the lookup into the tunnel.
+    mtu = iface.mtu or (auto_mtu([ipaddress.ip_address(host) for host, _ in endpoints.values()])
+                        if options.host_integration else DEFAULT_MTU)
+    network = InterfaceNetwork(name, state)
     undo.callback(network.close)
     allowed = [net for peer in config.peers for net in peer.allowed_ips]
-    full_tunnel = network.apply(addresses=list(iface.addresses), mtu=mtu, allowed_ips=allowed)
-    fwmark = full_tunnel.fwmark if full_tunnel else 0
+    full_tunnel = network.apply(addresses=list(iface.addresses), mtu=mtu, allowed_ips=allowed,
+                                table=iface.table, fwmark=iface.fwmark)
+    fwmark = full_tunnel.fwmark if full_tunnel else (iface.fwmark or 0)
+    if full_tunnel is not None and not apply_anti_spoofing(
+            state, name, list(iface.addresses), full_tunnel.fwmark, full_tunnel.families):
+        log.warning("%s: no anti-spoofing rules: nft is not installed (apt-get install "
+                    "nftables)", name)
     udp = open_udp(iface.listen_port, fwmark=fwmark or None)
     undo.callback(udp.close)
     device = Device(iface.private_key, mtu=mtu)
@@ -298,16 +398,29 @@ async def _bring_up(config: Config, options: Options, undo: AsyncExitStack) -> I
     loops = PacketLoops(device, tun, udp, BatchSender(io, gso=options.gso), io,
                         tun_io=options.tun_io, offload=offload)
     undo.callback(lambda: loops.udp.close())  # the ones a listen-port change swapped in
+    if iface.dns_servers or iface.dns_search:
+        dns_mode, _ = choose_mode(options.dns_mode)
+        apply_dns(state, name, iface.dns_servers, iface.dns_search, mode=dns_mode,
+                  full_tunnel=full_tunnel is not None)
     if kernels.IMPLEMENTATION != "native":
         log.warning("data path kernels: the Python twin (%s), 2-4x slower per packet than "
                     "the native ones", kernels.REASON)
-    log.info(f"interface {config.interface_name} up: mtu {mtu}, udp port {udp.port}, "
+    log.info(f"interface {name} up: mtu {mtu}, udp port {udp.port}, "
              f"{len(config.peers)} peer(s), {options.tun_queues} TUN queue(s) "
              f"({options.tun_io.value}), UDP GSO {'on' if options.gso else 'off'}, "
              f"TUN offload {mode.value if mode else 'off'}, "
              f"{kernels.IMPLEMENTATION} data path kernels"
-             + (f", full tunnel via table {full_tunnel.fwmark}" if full_tunnel else ""))
-    return Interface(config, device, tun, network, loops, stats, fwmark, uapi)
+             + (f", full tunnel via table {full_tunnel.table}" if full_tunnel else ""))
+    built.append(Interface(config, device, tun, network, loops, stats, fwmark, uapi))
+    return built[0]
+
+
+def _undo_host_changes(state: HostState) -> None:
+    failures = state.undo_all()
+    if failures:
+        log.warning("%s: %d host change(s) could not be undone; they stay in %s for the next "
+                    "start or `fz-trio down %s`", state.ifname, len(failures), state.path,
+                    state.ifname)
 
 
 def _open_tun(name: str, options: Options) -> tuple[TunDevice, OffloadMode | None]:
@@ -328,23 +441,40 @@ def _open_tun(name: str, options: Options) -> tuple[TunDevice, OffloadMode | Non
 
 
 async def run_interface(config: Config, options: Options = Options(), *,
+                        on_status: Callable[[str], None] | None = None,
                         task_status: trio.TaskStatus[Interface] = trio.TASK_STATUS_IGNORED
                         ) -> None:
     """Bring the interface up, run it until cancelled, its link is deleted or UAPI asks it to
     stop; take it down and log its statistics."""
     async with interface_up(config, options) as interface:
         try:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(interface.loops.run)
-                index = link_index(interface.tun.name)
-                if index is not None:
-                    nursery.start_soon(_stop_when_deleted, interface, index, nursery.cancel_scope)
-                if interface.uapi is not None:
-                    nursery.start_soon(partial(
-                        serve, interface.uapi, interface.handle_uapi,
-                        on_error=lambda what: interface.stats.io.error(f"uapi_{what}")))
-                nursery.start_soon(_stop_when_asked, interface, nursery.cancel_scope)
-                task_status.started(interface)
+            # The loops outlive the other tasks: PreDown runs while traffic still flows, as
+            # under wg-quick (a hook may say goodbye through the tunnel).
+            async with trio.open_nursery() as loops:
+                await loops.start(interface.loops.run)
+                async with trio.open_nursery() as nursery:
+                    index = link_index(interface.tun.name)
+                    if index is not None:
+                        nursery.start_soon(_stop_when_deleted, interface, index,
+                                           nursery.cancel_scope)
+                    if interface.uapi is not None:
+                        nursery.start_soon(partial(
+                            serve, interface.uapi, interface.handle_uapi,
+                            on_error=lambda what: interface.stats.io.error(f"uapi_{what}")))
+                    nursery.start_soon(_stop_when_asked, interface, nursery.cancel_scope)
+                    nursery.start_soon(_watch_peers, interface, on_status)
+                    # After the loops start: a PostUp may already use the tunnel.
+                    try:
+                        await run_hooks_async("PostUp", interface.config.interface.post_up,
+                                              interface.name, check=True)
+                    except HookError as e:
+                        raise StartError(str(e)) from e
+                    interface.hooks_armed = True
+                    task_status.started(interface)
+                with trio.move_on_after(HOOK_DOWN_TIMEOUT):
+                    await run_hooks_async("PreDown", interface.config.interface.pre_down,
+                                          interface.name, check=False)
+                loops.cancel_scope.cancel()
         finally:
             log.info("stopped; stats: %s", json.dumps(interface.report()))
 
@@ -355,25 +485,68 @@ async def _stop_when_deleted(interface: Interface, index: int, scope: trio.Cance
     scope.cancel()
 
 
+async def _watch_peers(interface: Interface, on_status: Callable[[str], None] | None) -> None:
+    """The log lines about each peer a person can act on, and the status line for systemd."""
+    watch = PeerWatch(interface.name, interface.device.public_key)
+    levels = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
+    last_status = None
+    while True:
+        for event in watch.observe(interface.device.peers, trio.current_time()):
+            log.log(levels[event.level], "%s", event.message)
+        status = status_line(interface.device.peers, time.time())
+        if on_status is not None and status != last_status:
+            on_status(status)
+            last_status = status
+        await trio.sleep(PEER_WATCH_INTERVAL)
+
+
 async def _stop_when_asked(interface: Interface, scope: trio.CancelScope) -> None:
     await interface.stop_requested.wait()
     scope.cancel()
 
 
 async def run_until_signalled(config: Config, options: Options = Options(),
-                              on_ready: Callable[[], None] | None = None) -> None:
+                              on_ready: Callable[[], None] | None = None, *,
+                              reload: Callable[[], Config] | None = None,
+                              on_status: Callable[[str], None] | None = None) -> None:
     """`fz-trio up` and `fz-trio IFNAME`: run the interface until SIGINT or SIGTERM (or until
-    it stops by itself: link deleted, `fz-trio down`); `on_ready` once it is up."""
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals, \
-            start_error_unwrapped():
+    it stops by itself: link deleted, `fz-trio down`); `on_ready` once it is up. SIGHUP
+    re-reads the config (`reload`) and applies the difference live; SIGUSR1 logs the stats.
+    Signals are heard while the interface is still coming up, too: an endpoint that does not
+    resolve yet must not make it deaf to SIGTERM."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP,
+                                   signal.SIGUSR1) as signals, start_error_unwrapped():
         async with trio.open_nursery() as nursery:
-            await nursery.start(_run_then_cancel, config, options, nursery.cancel_scope)
+            running: list[Interface] = []
+            nursery.start_soon(_handle_signals, signals, running, reload, nursery.cancel_scope)
+            interface = await nursery.start(_run_then_cancel, config, options,
+                                            nursery.cancel_scope, on_status)
+            running.append(interface)
             if on_ready is not None:
                 on_ready()
-            async for signum in signals:
-                log.info("received %s, shutting down", signal.Signals(signum).name)
-                nursery.cancel_scope.cancel()
-                break
+
+
+async def _handle_signals(signals: AsyncIterator[int], running: list[Interface],
+                          reload: Callable[[], Config] | None, scope: trio.CancelScope) -> None:
+    async for signum in signals:
+        name = signal.Signals(signum).name
+        if signum in (signal.SIGINT, signal.SIGTERM):
+            if running and not running[0].stop_requested.is_set():
+                log.info("received %s, shutting down", name)
+                running[0].stop_requested.set()  # the orderly way: PreDown, then the rest
+                continue
+            log.info("received %s, shutting down now", name)
+            scope.cancel()
+            return
+        if not running:
+            log.info("received %s while starting: ignored", name)
+        elif signum == signal.SIGUSR1:
+            running[0].log_stats()
+        elif reload is None:
+            log.info("received SIGHUP: there is no config file to reload (configure this "
+                     "interface with wg)")
+        else:
+            await running[0].reload(reload)
 
 
 @contextmanager
@@ -397,8 +570,9 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
     return out
 
 
-async def _run_then_cancel(config: Config, options: Options, scope: trio.CancelScope, *,
+async def _run_then_cancel(config: Config, options: Options, scope: trio.CancelScope,
+                           on_status: Callable[[str], None] | None, *,
                            task_status: trio.TaskStatus[Interface] = trio.TASK_STATUS_IGNORED
                            ) -> None:
-    await run_interface(config, options, task_status=task_status)
+    await run_interface(config, options, on_status=on_status, task_status=task_status)
     scope.cancel()  # it stopped by itself: the signal wait ends too

@@ -9,6 +9,7 @@ import logging
 import os
 import stat
 import sys
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -92,11 +93,13 @@ def _cmd_up(args: argparse.Namespace) -> int:
     config = _load(args)
     _require_capabilities("fz-trio up", config.interface.listen_port)
     from fz_trio.app import Options, StartError, run_until_signalled
+    from fz_trio.shell.dns import DnsMode
 
     options = Options(tun_queues=args.tun_queues, gso=not args.no_gso,
-                      tun_io=TunIo(args.tun_io), offload=not args.no_offload)
+                      tun_io=TunIo(args.tun_io), offload=not args.no_offload,
+                      dns_mode=None if args.dns_mode == "auto" else DnsMode(args.dns_mode))
     try:
-        trio.run(run_until_signalled, config, options)
+        trio.run(partial(run_until_signalled, config, options, reload=lambda: _load(args)))
     except StartError as e:
         raise CliError(str(e)) from e
     return 0
@@ -115,8 +118,10 @@ def _cmd_launch(args: argparse.Namespace) -> int:
     from fz_trio.shell.daemon import ReadyNotifier, launch, wants_foreground
 
     config = empty_config(args.ifname)
+    # wg-quick, which runs us this way, does the MTU, routes, DNS and hooks itself.
     options = Options(tun_queues=args.tun_queues, gso=not args.no_gso,
-                      tun_io=TunIo(args.tun_io), offload=not args.no_offload)
+                      tun_io=TunIo(args.tun_io), offload=not args.no_offload,
+                      host_integration=False)
 
     def daemon_main(notifier: ReadyNotifier) -> int:
         try:
@@ -193,13 +198,37 @@ def _cmd_down(args: argparse.Namespace) -> int:
     _require_root_for_uapi("fz-trio down")
     name = args.interface
     try:
-        if uapi_client.status(name) is None:
+        status = uapi_client.status(name)
+    except uapi_client.UapiClientError as e:
+        if e.kind != uapi_client.NOT_RUNNING:
+            raise CliError(f"down: {e}") from None
+        return _undo_stale(name, e)
+    try:
+        if status is None:
             raise CliError(f"down: {name} is served by another WireGuard implementation, and "
                            f"`fz-trio down` only stops fz-trio; to remove the interface: "
                            f"ip link del {name} (in its network namespace)")
         uapi_client.stop(name, wait=uapi_client.STOP_WAIT)
     except uapi_client.UapiClientError as e:
         raise CliError(f"down: {e}") from None
+    return 0
+
+
+def _undo_stale(name: str, not_running: Exception) -> int:
+    """`fz-trio down` for an interface whose fz-trio died (kill -9, a crash): undo the host
+    changes its journal lists. Nothing running and no journal is the error it always was."""
+    from fz_trio.shell.host_state import StateError, undo_stale
+
+    try:
+        undone = undo_stale(name)
+    except StateError as e:
+        raise CliError(f"down: {e}") from None
+    if undone is None:
+        raise CliError(f"down: {not_running}")
+    if undone is False:
+        raise CliError(f"down: {name}'s fz-trio is alive but does not answer on its UAPI "
+                       f"socket; stop it with SIGTERM")
+    print(f"fz-trio: {name} was not running; undid the host changes it left", file=sys.stderr)
     return 0
 
 
@@ -325,6 +354,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("config", help="path to a wg-quick style config, e.g. wg0.conf")
     up.add_argument("--interface", help="interface name (default: the config file's stem)")
     _add_runtime_options(up)
+    up.add_argument("--dns-mode", default="auto",
+                    choices=["auto", "systemd-resolved", "resolvconf", "file", "off"],
+                    help="how DNS = is applied (default auto: systemd-resolved when it runs, "
+                         "else resolvconf when installed, else /etc/resolv.conf)")
     up.set_defaults(func=_cmd_up)
 
     show = command(
