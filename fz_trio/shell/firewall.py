@@ -23,10 +23,13 @@ import shutil
 import socket
 import subprocess
 from collections.abc import Collection, Sequence
+from typing import Any
+
+from pyroute2 import IPRoute
 
 from fz_trio.shell.host_state import HostState, command_change
 
-__all__ = ["FirewallError", "apply_anti_spoofing", "nft_script", "table_name"]
+__all__ = ["FirewallError", "apply_anti_spoofing", "link_addresses", "nft_script", "table_name"]
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +69,17 @@ def nft_script(ifname: str, addresses: Sequence[Address], fwmark: int,
     return "\n".join(lines) + "\n"
 
 
+def link_addresses(ifname: str) -> list[Address]:
+    """The addresses the interface has now, as `ip address show dev IFACE` lists them."""
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=ifname)
+        if not found:
+            return []
+        messages: Any = ipr.addr("dump", index=found[0])
+        return [ipaddress.ip_interface((m.get_attr("IFA_ADDRESS"), m["prefixlen"]))
+                for m in messages if m.get_attr("IFA_ADDRESS")]
+
+
 def apply_anti_spoofing(state: HostState, ifname: str, addresses: Sequence[Address],
                         fwmark: int, families: Collection[socket.AddressFamily]) -> bool:
     """Add the rules for each family; False when nft is not installed (nothing done).
@@ -73,6 +87,8 @@ def apply_anti_spoofing(state: HostState, ifname: str, addresses: Sequence[Addre
     nft = shutil.which("nft")
     if nft is None:
         return False
+    # wg-quick protects every address the interface has, the kernel's link-local one included.
+    addresses = list(dict.fromkeys([*addresses, *link_addresses(ifname)]))
     for family in sorted(families):
         fam = _nft_family(family)
         state.record(command_change(f"nftables table {fam} {table_name(ifname)}",
