@@ -142,7 +142,7 @@ class HostState:
         stale = _read(self.path)
         if stale is not None:
             if _alive(stale):
-                raise StateError(f"{self.ifname} is already run by fz-trio (pid {stale['pid']})")
+                raise StateError(f"{self.ifname} is in use: fz-trio pid {stale['pid']} runs it")
             _undo_journal(self.ifname, stale, self.path)
         self._claimed = True
         self._write()

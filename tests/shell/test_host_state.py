@@ -70,7 +70,7 @@ def test_a_live_owner_keeps_its_journal(tmp_path: Path) -> None:
     first = HostState("wg7", tmp_path)
     first.claim()
     first.record(command_change("never", ["false"]))
-    with pytest.raises(StateError, match="already run by fz-trio"):
+    with pytest.raises(StateError, match="in use: fz-trio pid"):
         HostState("wg7", tmp_path).claim()
     assert undo_stale("wg7", tmp_path) is False
     assert undo_stale("wg8", tmp_path) is None
