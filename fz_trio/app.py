@@ -43,6 +43,7 @@ from fz_trio.shell.netconfig import InterfaceNetwork, NetConfigError
 from fz_trio.shell.peer_watch import PeerWatch, status_line
 from fz_trio.shell.route_mtu import auto_mtu
 from fz_trio.shell.runner import PacketLoops
+from fz_trio.shell.sd_notify import Notifier
 from fz_trio.shell.stats import InterfaceStats, IoStats
 from fz_trio.shell.tun import (
     IFF_VNET_HDR,
@@ -75,6 +76,7 @@ DEFAULT_MTU = 1420
 RESOLVE_FIRST_RETRY = 1.0
 RESOLVE_MAX_RETRY = 60.0
 PEER_WATCH_INTERVAL = 1.0
+STATUS_REFRESH = 15.0
 HOOK_DOWN_TIMEOUT = 30.0  # a PreDown that hangs must not keep the interface up forever
 
 
@@ -489,14 +491,17 @@ async def _watch_peers(interface: Interface, on_status: Callable[[str], None] | 
     """The log lines about each peer a person can act on, and the status line for systemd."""
     watch = PeerWatch(interface.name, interface.device.public_key)
     levels = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
-    last_status = None
+    last_status, last_sent = "", float("-inf")
     while True:
-        for event in watch.observe(interface.device.peers, trio.current_time()):
+        now = trio.current_time()
+        for event in watch.observe(interface.device.peers, now):
             log.log(levels[event.level], "%s", event.message)
         status = status_line(interface.device.peers, time.time())
-        if on_status is not None and status != last_status:
+        # The "N s ago" part ticks every second: told when the rest changes, else now and then.
+        changed = status.split(",")[0] != last_status.split(",")[0]
+        if on_status is not None and (changed or now - last_sent >= STATUS_REFRESH):
             on_status(status)
-            last_status = status
+            last_status, last_sent = status, now
         await trio.sleep(PEER_WATCH_INTERVAL)
 
 
@@ -508,29 +513,37 @@ async def _stop_when_asked(interface: Interface, scope: trio.CancelScope) -> Non
 async def run_until_signalled(config: Config, options: Options = Options(),
                               on_ready: Callable[[], None] | None = None, *,
                               reload: Callable[[], Config] | None = None,
-                              on_status: Callable[[str], None] | None = None) -> None:
+                              notifier: Notifier | None = None) -> None:
     """`fz-trio up` and `fz-trio IFNAME`: run the interface until SIGINT or SIGTERM (or until
     it stops by itself: link deleted, `fz-trio down`); `on_ready` once it is up. SIGHUP
     re-reads the config (`reload`) and applies the difference live; SIGUSR1 logs the stats.
     Signals are heard while the interface is still coming up, too: an endpoint that does not
-    resolve yet must not make it deaf to SIGTERM."""
+    resolve yet must not make it deaf to SIGTERM. `notifier` tells systemd (sd_notify)."""
+    notifier = notifier or Notifier(None)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP,
                                    signal.SIGUSR1) as signals, start_error_unwrapped():
-        async with trio.open_nursery() as nursery:
-            running: list[Interface] = []
-            nursery.start_soon(_handle_signals, signals, running, reload, nursery.cancel_scope)
-            interface = await nursery.start(_run_then_cancel, config, options,
-                                            nursery.cancel_scope, on_status)
-            running.append(interface)
-            if on_ready is not None:
-                on_ready()
+        try:
+            async with trio.open_nursery() as nursery:
+                running: list[Interface] = []
+                nursery.start_soon(_handle_signals, signals, running, reload,
+                                   nursery.cancel_scope, notifier)
+                interface = await nursery.start(_run_then_cancel, config, options,
+                                                nursery.cancel_scope, notifier.status)
+                running.append(interface)
+                notifier.ready()
+                if on_ready is not None:
+                    on_ready()
+        finally:
+            notifier.stopping()
 
 
 async def _handle_signals(signals: AsyncIterator[int], running: list[Interface],
-                          reload: Callable[[], Config] | None, scope: trio.CancelScope) -> None:
+                          reload: Callable[[], Config] | None, scope: trio.CancelScope,
+                          notifier: Notifier) -> None:
     async for signum in signals:
         name = signal.Signals(signum).name
         if signum in (signal.SIGINT, signal.SIGTERM):
+            notifier.stopping()
             if running and not running[0].stop_requested.is_set():
                 log.info("received %s, shutting down", name)
                 running[0].stop_requested.set()  # the orderly way: PreDown, then the rest
@@ -546,7 +559,9 @@ async def _handle_signals(signals: AsyncIterator[int], running: list[Interface],
             log.info("received SIGHUP: there is no config file to reload (configure this "
                      "interface with wg)")
         else:
+            notifier.reloading()
             await running[0].reload(reload)
+            notifier.ready()
 
 
 @contextmanager

@@ -94,12 +94,16 @@ def _cmd_up(args: argparse.Namespace) -> int:
     _require_capabilities("fz-trio up", config.interface.listen_port)
     from fz_trio.app import Options, StartError, run_until_signalled
     from fz_trio.shell.dns import DnsMode
+    from fz_trio.shell.sd_notify import Notifier
 
+    notifier = Notifier.from_environment()  # systemd's Type=notify, when it runs us
     options = Options(tun_queues=args.tun_queues, gso=not args.no_gso,
                       tun_io=TunIo(args.tun_io), offload=not args.no_offload,
-                      dns_mode=None if args.dns_mode == "auto" else DnsMode(args.dns_mode))
+                      dns_mode=None if args.dns_mode == "auto" else DnsMode(args.dns_mode),
+                      on_wait=notifier.status)
     try:
-        trio.run(partial(run_until_signalled, config, options, reload=lambda: _load(args)))
+        trio.run(partial(run_until_signalled, config, options, reload=lambda: _load(args),
+                         notifier=notifier))
     except StartError as e:
         raise CliError(str(e)) from e
     return 0

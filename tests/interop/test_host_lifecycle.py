@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -67,12 +68,13 @@ class Client:
                                                     f"{self.net.tunnel_b6}/128"])],
             addresses=[f"{self.net.tunnel_a4}/24", f"{self.net.tunnel_a6}/64"])
 
-    def up(self, *args: str, wait: bool = True) -> subprocess.Popen[bytes]:
+    def up(self, *args: str, wait: bool = True,
+           env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         log = open(self.log, "ab")  # noqa: SIM115 - the child owns it
         try:
             self.proc = self.net.popen(
                 self.net.ns_b, sys.executable, "-m", "fz_trio", "up", str(self.conf),
-                "--dns-mode", "file", *args, env=self.net.python_env(),
+                "--dns-mode", "file", *args, env=self.net.python_env() | (env or {}),
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         finally:
             log.close()
@@ -186,8 +188,22 @@ def test_sighup_applies_a_changed_peer_and_keeps_the_others(testnet: TestNet,
                                                            etc: NetnsEtc) -> None:
     client = Client(testnet, dns=False)
     client.start_server()
-    client.up()
+    notify_path = str(testnet.tmpdir / "notify")
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(notify_path)
+    notify.settimeout(10)
+    client.up(env={"NOTIFY_SOCKET": notify_path})
     client.ping()
+    def told_until(last: str) -> list[str]:
+        """The datagrams systemd would get, up to one that says `last`."""
+        told: list[str] = []
+        while not told or last not in told[-1]:
+            told.append(notify.recv(4096).decode())
+        return told
+
+    # systemd's view (Type=notify): READY=1, and a status line that follows the handshake.
+    assert told_until("READY=1\n")
+    assert told_until("1/1 peer up")
 
     def handshake() -> int:
         shown = testnet.run(testnet.ns_b, "wg", "show", client.ifname,
@@ -202,6 +218,9 @@ def test_sighup_applies_a_changed_peer_and_keeps_the_others(testnet: TestNet,
     client.signal(signal.SIGHUP)
     wait_for(lambda: "reloaded: 1 peer change" in client.log_text(), 10,
              what=f"the reload\n{client.log_text()}")
+    reloading = told_until("RELOADING=1\nMONOTONIC_USEC=")[-1]
+    assert reloading.startswith("RELOADING=1\nMONOTONIC_USEC=")
+    assert told_until("READY=1\n")
     keepalives = testnet.run(testnet.ns_b, "wg", "show", client.ifname,
                              "persistent-keepalive").stdout
     assert f"{other}\t7" in keepalives, keepalives
@@ -219,6 +238,15 @@ def test_sighup_applies_a_changed_peer_and_keeps_the_others(testnet: TestNet,
              what=f"the stats line\n{client.log_text()[-2000:]}")
     client.signal(signal.SIGTERM)
     assert client.wait() == 0
+    notify.settimeout(0)
+    rest = []
+    while True:
+        try:
+            rest.append(notify.recv(4096).decode())
+        except BlockingIOError:
+            break
+    notify.close()
+    assert "STOPPING=1\n" in rest, rest
 
 
 def test_an_endpoint_name_that_resolves_later_is_waited_for(testnet: TestNet) -> None:
