@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 
 # The subcommands build_parser() knows; any other first word is an interface name.
-COMMANDS = ("up", "show", "down", "genkey", "pubkey", "demo", "repl")
+COMMANDS = ("up", "show", "down", "genkey", "pubkey", "install-service", "demo", "repl")
 
 
 class CliError(Exception):
@@ -265,6 +265,22 @@ def warn_if_world_accessible(path: str) -> None:
             "chmod o-rwx %s)", real, real)
 
 
+def _cmd_install_service(args: argparse.Namespace) -> int:
+    """`fz-trio install-service [--print]`: the fz-trio@.service template, for systemd."""
+    from fz_trio.service_unit import install_unit, unit_text
+
+    if args.print:
+        sys.stdout.write(unit_text())
+        return 0
+    try:
+        path = install_unit()
+    except OSError as e:
+        raise CliError(f"install-service: cannot write the unit: {e.strerror}") from None
+    print(f"wrote {path}; now: systemctl enable --now fz-trio@wg0 "
+          f"(for /etc/wireguard/wg0.conf)", file=sys.stderr)
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from fz_trio.lab.demo import run_demo
 
@@ -377,6 +393,12 @@ def build_parser() -> argparse.ArgumentParser:
         "down", help="take a running fz-trio interface down (the process exits)")
     down.add_argument("interface", help="the interface, e.g. wg0")
     down.set_defaults(func=_cmd_down)
+
+    service = command("install-service",
+                      help="install the systemd unit fz-trio@.service (fz-trio up "
+                           "/etc/wireguard/IFACE.conf as a notify service)")
+    service.add_argument("--print", action="store_true", help="print the unit instead")
+    service.set_defaults(func=_cmd_install_service)
 
     genkey = command("genkey", help="print a new private key (like `wg genkey`)")
     genkey.set_defaults(func=_cmd_genkey)

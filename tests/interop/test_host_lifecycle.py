@@ -10,6 +10,7 @@ new `up`, and `kill -9` followed by `fz-trio down`, all of them are as they were
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import socket
 import subprocess
@@ -68,12 +69,12 @@ class Client:
                                                     f"{self.net.tunnel_b6}/128"])],
             addresses=[f"{self.net.tunnel_a4}/24", f"{self.net.tunnel_a6}/64"])
 
-    def up(self, *args: str, wait: bool = True,
-           env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def up(self, *args: str, wait: bool = True, env: dict[str, str] | None = None,
+           prefix: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
         log = open(self.log, "ab")  # noqa: SIM115 - the child owns it
         try:
             self.proc = self.net.popen(
-                self.net.ns_b, sys.executable, "-m", "fz_trio", "up", str(self.conf),
+                self.net.ns_b, *prefix, sys.executable, "-m", "fz_trio", "up", str(self.conf),
                 "--dns-mode", "file", *args, env=self.net.python_env() | (env or {}),
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         finally:
@@ -271,3 +272,23 @@ def test_an_endpoint_name_that_resolves_later_is_waited_for(testnet: TestNet) ->
         wait_for(lambda: "never.fz-trio.test" in client.log_text(), 15, what="a retry")
         client.signal(signal.SIGTERM)
         assert client.wait() == 0, client.log_text()
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv (util-linux)")
+def test_cap_net_admin_is_all_it_needs(testnet: TestNet, etc: NetnsEtc) -> None:
+    """What fz-trio@.service gives it: uid 0, but of root's capabilities only CAP_NET_ADMIN
+    (CapabilityBoundingSet=CAP_NET_ADMIN). A full tunnel with DNS comes up, carries traffic and
+    goes down leaving nothing."""
+    client = Client(testnet)
+    client.start_server()
+    before = host_snapshot(testnet, etc)
+    client.up(prefix=("setpriv", "--bounding-set=-all,+net_admin", "--inh-caps=-all"))
+    assert client.proc is not None
+    # `ip netns exec` and setpriv both exec in place: the pid is fz-trio's own.
+    status = Path(f"/proc/{client.proc.pid}/status").read_text()
+    assert "CapEff:\t0000000000001000" in status, status  # bit 12: CAP_NET_ADMIN alone
+    client.ping()
+    assert_changed(testnet, client)
+    client.signal(signal.SIGTERM)
+    assert client.wait() == 0, client.log_text()
+    assert host_snapshot(testnet, etc) == before
