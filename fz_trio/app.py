@@ -352,9 +352,11 @@ async def _bring_up(config: Config, options: Options, undo: AsyncExitStack) -> I
     iface, name = config.interface, config.interface_name
     # The journal first: a dead fz-trio's rules and resolv.conf are undone before anything
     # else (its DNS might be why a name does not resolve), and a live one is refused here.
-    state = HostState(name)
-    state.claim()
-    undo.callback(state.release)
+    # (`fz-trio IFNAME` changes nothing that outlives its device: wg-quick does the rest.)
+    state = HostState(name) if options.host_integration else None
+    if state is not None:
+        state.claim()
+        undo.callback(state.release)
     built: list[Interface] = []
 
     def post_down() -> None:
@@ -362,7 +364,8 @@ async def _bring_up(config: Config, options: Options, undo: AsyncExitStack) -> I
             run_hooks("PostDown", iface.post_down, name, check=False)
 
     undo.callback(post_down)
-    undo.callback(_undo_host_changes, state)
+    if state is not None:
+        undo.callback(_undo_host_changes, state)
     endpoints = await resolve_endpoints(config.peers, options.on_wait)
     await run_hooks_async("PreUp", iface.pre_up, name, check=True)
     # The UAPI socket before the device: it claims the name (a wireguard-go for it stops us
@@ -381,7 +384,7 @@ async def _bring_up(config: Config, options: Options, undo: AsyncExitStack) -> I
     full_tunnel = network.apply(addresses=list(iface.addresses), mtu=mtu, allowed_ips=allowed,
                                 table=iface.table, fwmark=iface.fwmark)
     fwmark = full_tunnel.fwmark if full_tunnel else (iface.fwmark or 0)
-    if full_tunnel is not None and not apply_anti_spoofing(
+    if full_tunnel is not None and state is not None and not apply_anti_spoofing(
             state, name, list(iface.addresses), full_tunnel.fwmark, full_tunnel.families):
         log.warning("%s: no anti-spoofing rules: nft is not installed (apt-get install "
                     "nftables)", name)
@@ -400,7 +403,7 @@ async def _bring_up(config: Config, options: Options, undo: AsyncExitStack) -> I
     loops = PacketLoops(device, tun, udp, BatchSender(io, gso=options.gso), io,
                         tun_io=options.tun_io, offload=offload)
     undo.callback(lambda: loops.udp.close())  # the ones a listen-port change swapped in
-    if iface.dns_servers or iface.dns_search:
+    if state is not None and (iface.dns_servers or iface.dns_search):
         dns_mode, _ = choose_mode(options.dns_mode)
         apply_dns(state, name, iface.dns_servers, iface.dns_search, mode=dns_mode,
                   full_tunnel=full_tunnel is not None)

@@ -261,6 +261,7 @@ class TestNet:
             # Anything still running in the namespace (started by a test with its own Popen, say)
             # would keep sockets and the wireguard-go UAPI socket alive after the netns is gone.
             _kill_netns_pids(ns)
+            _remove_journals(ns)
             try:
                 _host(["ip", "netns", "delete", ns])
             except TestNetError as exc:
@@ -667,6 +668,17 @@ def _uapi_in_use(sock: Path) -> bool:
         except OSError:
             return True  # e.g. a timeout: someone is there but busy; do not steal the name
     return True
+
+
+def _remove_journals(ns: str) -> None:
+    """fz-trio's host-state journals of a namespace about to go (a killed fz-trio leaves its
+    own): what they list goes with the namespace."""
+    try:
+        inode = os.stat(f"/run/netns/{ns}").st_ino
+    except OSError:
+        return
+    for journal in Path("/run/fz-trio").glob(f"*.{inode}.json"):
+        journal.unlink(missing_ok=True)
 
 
 def _netns_pids(ns: str) -> list[int]:
