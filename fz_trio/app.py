@@ -273,10 +273,15 @@ class Interface:
             old = {peer.public_key: peer.endpoint for peer in self.config.peers}
             endpoints = {key: await resolve_endpoint(setting.host, setting.port)
                          for key, setting in moved.items() if old.get(key) != setting}
+            allowed = [net for peer in new.peers for net in peer.allowed_ips]
+            if self.network.full_tunnel_changes(allowed):
+                raise StartError("AllowedIPs gained or lost a /0: the full tunnel's rules "
+                                 "change at the next start only")
             request = live_config.reload_request(self.config, new, endpoints)
             async with self._configuring:
                 await self.configure(request)
-        except (ConfigError, StartError, UapiError) as e:
+                self.network.set_routes(allowed)  # the kernel's routes follow the new prefixes
+        except (ConfigError, StartError, UapiError, NetConfigError) as e:
             self.stats.io.error("reload")
             log.error("%s: reload failed, the running config stays: %s", self.name, e)
             return

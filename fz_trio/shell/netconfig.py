@@ -140,6 +140,10 @@ class InterfaceNetwork:
         # (the change's undo, whether the journal holds it), oldest first
         self._undo: list[tuple[Change, bool]] = []
         self._applied = False
+        # The AllowedIPs routed through us: the route's undo, or None if it was there before.
+        self.routes: dict[Network, Change | None] = {}
+        self._table: Table = "auto"
+        self._fwmark = DEFAULT_FWMARK
 
     def _push(self, change: Change, *, lasting: bool) -> None:
         """Remember how to undo a change about to be made; a lasting one (it outlives the
@@ -242,12 +246,58 @@ class InterfaceNetwork:
         return True
 
     def _add(self, ipr: IPRoute, what: str, kind: str, spec: dict[str, Any], *,
-             lasting: bool = False) -> None:
-        """`ipr.<kind>("add", **spec)`, undone by `("del", **spec)` unless it already existed.
-        The undo is written down before the change is made."""
-        self._push(netlink_change(f"{kind} {what}", kind, spec), lasting=lasting)
+             lasting: bool = False) -> Change | None:
+        """`ipr.<kind>("add", **spec)`, undone by `("del", **spec)` unless it already existed
+        (then None). The undo is written down before the change is made."""
+        change = netlink_change(f"{kind} {what}", kind, spec)
+        self._push(change, lasting=lasting)
         if not self._step(ipr, f"adding {what}", _nl(kind, "add", spec)):
             self._drop()
+            return None
+        return change
+
+    def _add_route(self, ipr: IPRoute, n: Network) -> None:
+        assert self.index is not None
+        if self._table == "auto":
+            number = self._fwmark if n.prefixlen == 0 else MAIN_TABLE
+        else:
+            assert isinstance(self._table, int)
+            number = self._table
+        tname = "main" if number == MAIN_TABLE else str(number)
+        spec = {"dst": str(n), "oif": self.index, "table": number, "family": int(_family(n))}
+        self.routes[n] = self._add(ipr, f"route {n} dev {self.ifname} table {tname}", "route",
+                                   spec)
+
+    def full_tunnel_changes(self, allowed_ips: Sequence[Network | str]) -> bool:
+        """Whether these AllowedIPs would gain or lose a /0 of a family (auto table only)."""
+        if not self._applied or self._table != "auto":
+            return False
+        new = {as_network(n).version for n in allowed_ips if as_network(n).prefixlen == 0}
+        return new != {n.version for n in self.routes if n.prefixlen == 0}
+
+    def set_routes(self, allowed_ips: Sequence[Network | str]) -> None:
+        """A reload changed the AllowedIPs: add the new prefixes' routes, remove those of the
+        prefixes gone (only the routes we added). A /0 appearing or going changes the full
+        tunnel's rules, which only a start sets up: NetConfigError, nothing changed."""
+        if not self._applied or self._table == "off":
+            return
+        nets = list(dict.fromkeys(as_network(n) for n in allowed_ips))
+        if self.full_tunnel_changes(nets):
+            raise NetConfigError(f"{self.ifname}: AllowedIPs gained or lost a /0: the full "
+                                 f"tunnel changes at the next start only")
+        gone = [n for n in self.routes if n not in nets]
+        with IPRoute() as ipr:
+            for n in nets:
+                if n not in self.routes:
+                    self._add_route(ipr, n)
+        for n in gone:
+            change = self.routes.pop(n)
+            if change is None:
+                continue  # it was there before us: not ours to remove
+            self._undo = [(c, j) for c, j in self._undo if c != change]
+            failure = undo_change(change)
+            if failure is not None:
+                raise NetConfigError(f"{self.ifname}: {failure}")
 
     def _apply(
         self,
@@ -298,15 +348,9 @@ class InterfaceNetwork:
         if socket.AF_INET in full_families:
             self._enable_src_valid_mark()
 
+        self._table, self._fwmark = table, fwmark
         for n in nets:
-            if table == "auto":
-                number = fwmark if n.prefixlen == 0 else MAIN_TABLE
-            else:
-                assert isinstance(table, int)
-                number = table
-            tname = "main" if number == MAIN_TABLE else str(number)
-            spec = {"dst": str(n), "oif": idx, "table": number, "family": int(_family(n))}
-            self._add(ipr, f"route {n} dev {self.ifname} table {tname}", "route", spec)
+            self._add_route(ipr, n)
 
         # Priorities pin the suppress rule *before* the fwmark rule (see RULE_PRIORITY_*). It is
         # added first too, so there is no moment in which table 51820 hijacks LAN traffic.
@@ -363,6 +407,7 @@ class InterfaceNetwork:
         undo, self._undo = self._undo, []
         self.full_tunnel = None
         self._applied = False
+        self.routes = {}
         failures: list[str] = []
         for change, journaled in reversed(undo):
             failure = undo_change(change)  # "already gone" is no failure

@@ -225,6 +225,11 @@ def test_sighup_applies_a_changed_peer_and_keeps_the_others(testnet: TestNet,
     keepalives = testnet.run(testnet.ns_b, "wg", "show", client.ifname,
                              "persistent-keepalive").stdout
     assert f"{other}\t7" in keepalives, keepalives
+
+    def route() -> str:
+        return testnet.run(testnet.ns_b, "ip", "route", "show", "100.64.9.0/24").stdout
+
+    assert f"dev {client.ifname}" in route()  # the kernel's routes follow the AllowedIPs
     client.ping()
     assert handshake() == first  # the untouched peer kept its session
 
@@ -234,8 +239,14 @@ def test_sighup_applies_a_changed_peer_and_keeps_the_others(testnet: TestNet,
              what="the refused reload")
     client.ping()
 
+    client.write_config()  # the new peer goes again, and its route with it
+    client.signal(signal.SIGHUP)
+    wait_for(lambda: client.log_text().count("reloaded: 1 peer change") == 2, 10,
+             what=f"the second reload\n{client.log_text()[-2000:]}")
+    assert route() == ""
+
     client.signal(signal.SIGUSR1)
-    wait_for(lambda: "1/2 peers up" in client.log_text() and "stats:" in client.log_text(), 10,
+    wait_for(lambda: "1/1 peer up" in client.log_text() and "stats:" in client.log_text(), 10,
              what=f"the stats line\n{client.log_text()[-2000:]}")
     client.signal(signal.SIGTERM)
     assert client.wait() == 0
