@@ -781,3 +781,38 @@ def test_example_in_docs_parses() -> None:
     assert config.interface_name == "wg0"
     assert len(config.peers) == 2
     assert config.peers[1].endpoint == EndpointSetting("198.19.0.7", 51820)
+
+
+# Issue 14's findings: a parser of outside input takes linear time and its errors are short and
+# never carry a key.
+
+def test_a_run_of_blanks_in_a_header_takes_linear_time() -> None:
+    import time
+
+    started = time.process_time()
+    for text in ("[" + " " * 20000 + "x", "[" + " " * 20000 + "]", "[Peer" + " " * 20000):
+        with pytest.raises(ConfigError, match="section"):
+            parse_config(text)
+    assert time.process_time() - started < 1.0  # cubic backtracking took 20 s for 4000 blanks
+
+
+@pytest.mark.parametrize("line", [
+    "PrivateKey: {key}", "{key}", "{key} = 1", "Private{key}Key = x",
+])
+def test_a_key_on_the_wrong_line_is_never_echoed(line: str) -> None:
+    from fz_trio.core import encode_key, generate_private_key
+
+    key = encode_key(generate_private_key())
+    with pytest.raises(ConfigError) as info:
+        parse_config("[Interface]\n" + line.format(key=key) + "\n")
+    assert key not in str(info.value) and key[:20] not in str(info.value), str(info.value)
+
+
+def test_errors_stay_short_whatever_the_input() -> None:
+    for text in ("[Interface]\n" + "K" * 1_000_000 + " = 1\n",
+                 "[" + "é" * 100_000 + "]\n",
+                 "[Interface]\nMTU = " + "9" * 100_000 + "\n",
+                 "x" * 100_000 + " = 1\n"):
+        with pytest.raises(ConfigError) as info:
+            parse_config(text)
+        assert len(str(info.value)) < 400, str(info.value)[:500]
