@@ -32,6 +32,7 @@ from fz_trio.core.endpoint import Endpoint
 from fz_trio.core.keys import public_key_of
 from fz_trio.core.messages import MessageError
 from fz_trio.core.peer import Buffer, LocalIdentity, Outbox, Peer, SendGrant
+from fz_trio.core.rate_limit import HandshakeRateLimiter
 from fz_trio.core.session import IndexTable, Session
 from fz_trio.core.stats import Counters
 from fz_trio.core.timers import TimerConfig
@@ -75,6 +76,7 @@ class Tunnel:
         self._handshake_window_start = float("-inf")
         self._handshakes_in_window = 0
         self._under_load_until = float("-inf")
+        self.rate_limiter = HandshakeRateLimiter()
         self.outbox = Outbox()
         # Bumped on every routing change, so the data path knows when its caches are stale.
         self.routes_version = 0
@@ -276,10 +278,15 @@ class Tunnel:
         if checker is None or private_key is None or public_key is None:
             self.counters.drop("no_private_key")
             return
+        under_load = self._under_load(now)
+        # Before mac1: under a flood even one BLAKE2s per datagram would take the loop.
+        if under_load and not self.rate_limiter.allow(source[0], now):
+            self.counters.drop("handshake_rate_limited")
+            return
         if not checker.mac1_valid(data):
             self.counters.drop("handshake_bad_mac1")
             return
-        if self._under_load(now) and not checker.mac2_valid(data, source, now):
+        if under_load and not checker.mac2_valid(data, source, now):
             reply = checker.make_reply(data, msg.sender, source, now)
             self.outbox.transmit(reply.pack(), source)
             self.counters.cookie_replies_sent += 1

@@ -999,3 +999,30 @@ def test_send_packets_routes_a_batch_like_send_packet_does() -> None:
     assert tun(c) == batch[3:5]
     assert hub.tunnel.counters.drops["no_route"] == 1
     assert hub.tunnel.counters.drops["tun_not_ip"] == 1
+
+
+def test_a_flooding_source_is_cut_off_before_mac1_and_the_real_peer_still_gets_in() -> None:
+    """Under load every handshake message first asks its source's token bucket; past it a
+    message costs no cryptography at all (mac1 is not even checked), and a peer at another
+    address still completes its handshake."""
+    p = make_pair()
+    b = p.b
+    b.tunnel.force_under_load = True
+    p.net.fate = lambda d: []
+    p.net.send(p.a, p.ab())
+    initiation = wire(p.net)[-1].data
+    for _ in range(1000):
+        inject(p.net, b, initiation, EVIL)
+    drops = b.tunnel.counters.drops
+    assert drops["handshake_rate_limited"] == 995  # the burst of five got through
+    assert b.tunnel.counters.cookie_replies_sent == 5  # and no more work than that
+    bad = bytearray(initiation)
+    bad[120] ^= 1
+    inject(p.net, b, bytes(bad), EVIL)
+    assert drops["handshake_bad_mac1"] == 0  # refused before mac1 was looked at
+    assert drops["handshake_rate_limited"] == 996
+    p.net.fate = None
+    b.tunnel.force_under_load = False
+    p.net.send(p.a, p.ab(b"still here"))
+    p.net.run_for(REKEY_TIMEOUT + 1)  # A retries the initiation the flood test swallowed
+    assert tun(b)[-1] == p.ab(b"still here")
