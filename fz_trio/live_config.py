@@ -120,4 +120,4 @@ RESTART_ONLY = ("addresses", "mtu", "dns_servers", "dns_search", "table", "pre_u
 def needs_restart(running: Config, new: Config) -> list[str]:
     """The [Interface] settings that differ but are only applied at start."""
     return [name for name in RESTART_ONLY
-            if getattr(running.interface, name, None) != getattr(new.interface, name, None)]
+            if getattr(running.interface, name) != getattr(new.interface, name)]

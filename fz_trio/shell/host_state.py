@@ -257,11 +257,13 @@ def stale_journals(directory: Path = STATE_DIR) -> Iterator[Path]:
         yield from (p for p in directory.iterdir() if p.name.endswith(suffix))
 
 
-def undo_change(change: Change) -> str | None:
-    """Undo one change; never raises for a failed undo: returns the failure, logged."""
+def undo_change(change: Change, ipr: Any = None) -> str | None:
+    """Undo one change; never raises for a failed undo: returns the failure, logged. `ipr`, an
+    open pyroute2 IPRoute, serves netlink undos (a caller undoing many passes one; else each
+    opens its own)."""
     try:
         if change.undo == "netlink":
-            _undo_netlink(change.data)
+            _undo_netlink(change.data, ipr)
         elif change.undo == "file":
             _undo_file(change.data)
         elif change.undo == "command":
@@ -283,17 +285,20 @@ class _Gone(Exception):
     pass
 
 
-def _undo_netlink(data: dict[str, Any]) -> None:
+def _undo_netlink(data: dict[str, Any], ipr: Any) -> None:
     from pyroute2 import IPRoute
     from pyroute2.netlink.exceptions import NetlinkError
 
-    with IPRoute() as ipr:
-        try:
-            getattr(ipr, data["kind"])(data.get("cmd", "del"), **data["spec"])
-        except NetlinkError as e:
-            if e.code in GONE_ERRNOS:
-                raise _Gone(os.strerror(e.code)) from None
-            raise OSError(e.code, os.strerror(e.code)) from None
+    if ipr is None:
+        with IPRoute() as own:
+            _undo_netlink(data, own)
+        return
+    try:
+        getattr(ipr, data["kind"])(data.get("cmd", "del"), **data["spec"])
+    except NetlinkError as e:
+        if e.code in GONE_ERRNOS:
+            raise _Gone(os.strerror(e.code)) from None
+        raise OSError(e.code, os.strerror(e.code)) from None
 
 
 def _undo_file(data: dict[str, Any]) -> None:

@@ -290,14 +290,14 @@ class InterfaceNetwork:
             for n in nets:
                 if n not in self.routes:
                     self._add_route(ipr, n)
-        for n in gone:
-            change = self.routes.pop(n)
-            if change is None:
-                continue  # it was there before us: not ours to remove
-            self._undo = [(c, j) for c, j in self._undo if c != change]
-            failure = undo_change(change)
-            if failure is not None:
-                raise NetConfigError(f"{self.ifname}: {failure}")
+            for n in gone:
+                change = self.routes.pop(n)
+                if change is None:
+                    continue  # it was there before us: not ours to remove
+                self._undo = [(c, j) for c, j in self._undo if c != change]
+                failure = undo_change(change, ipr)
+                if failure is not None:
+                    raise NetConfigError(f"{self.ifname}: {failure}")
 
     def _apply(
         self,
@@ -408,12 +408,15 @@ class InterfaceNetwork:
         self.full_tunnel = None
         self._applied = False
         self.routes = {}
+        if not undo:
+            return
         failures: list[str] = []
-        for change, journaled in reversed(undo):
-            failure = undo_change(change)  # "already gone" is no failure
-            if journaled and self.state is not None and failure is None:
-                self.state.forget(change)  # a failed one stays for the next start to retry
-            if failure is not None:
-                failures.append(failure)
+        with IPRoute() as ipr:  # one netlink socket for all of them
+            for change, journaled in reversed(undo):
+                failure = undo_change(change, ipr)  # "already gone" is no failure
+                if journaled and self.state is not None and failure is None:
+                    self.state.forget(change)  # a failed one stays for the next start
+                if failure is not None:
+                    failures.append(failure)
         if failures:
             raise NetConfigError(f"{self.ifname}: cleanup incomplete: " + "; ".join(failures))
