@@ -262,7 +262,8 @@ def _interface_extras(status: Mapping[str, Any]) -> list[str]:
         ("responses sent", "handshake_responses_sent"),
         ("completed", "handshakes_completed"),
         ("timed out", "handshake_timeouts"),
-        ("cookie replies sent", "cookie_replies_sent")) if key in protocol]
+        ("cookie replies sent", "cookie_replies_sent"),
+        ("under load", "under_load_periods")) if key in protocol]
     if handshakes:
         lines.append("handshakes: " + ", ".join(handshakes))
     if "drops" in protocol:

@@ -34,22 +34,24 @@ class HandshakeRateLimiter:
 
     def allow(self, host: str, now: float) -> bool:
         """May one more handshake message from `host` be looked at now?"""
+        return self.allow_many(host, 1, now) == 1
+
+    def allow_many(self, host: str, count: int, now: float) -> int:
+        """How many of `count` handshake messages from `host` (one UDP GRO read) may be looked
+        at now: the first that many, the rest are over the limit."""
         if now - self._last_gc >= _FORGET_AFTER:
             self._forget(now)
         key = _source_key(host)
         bucket = self._buckets.get(key)
         if bucket is None:
             if len(self._buckets) >= self.max_sources:
-                return False
-            self._buckets[key] = [self.burst - 1.0, now]
-            return True
+                return 0
+            bucket = self._buckets[key] = [self.burst, now]
         tokens = min(self.burst, bucket[0] + (now - bucket[1]) * self.rate)
         bucket[1] = now
-        if tokens < 1.0:
-            bucket[0] = tokens
-            return False
-        bucket[0] = tokens - 1.0
-        return True
+        allowed = min(count, int(tokens))
+        bucket[0] = tokens - allowed
+        return allowed
 
     def _forget(self, now: float) -> None:
         self._last_gc = now

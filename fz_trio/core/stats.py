@@ -15,6 +15,7 @@ class Counters:
     handshakes_completed: int = 0
     handshake_timeouts: int = 0
     cookie_replies_sent: int = 0
+    under_load_periods: int = 0  # times the responder started demanding cookies
     packets_to_network: int = 0
     packets_to_tun: int = 0
 

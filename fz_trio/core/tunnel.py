@@ -22,6 +22,7 @@ and counted in `counters`.
 from __future__ import annotations
 
 import os
+from collections import deque
 from collections.abc import Callable, Iterable
 
 from fz_trio.core import crypto, messages, noise
@@ -40,6 +41,10 @@ from fz_trio.core.timers import TimerConfig
 # Handshake messages per second above which a responder demands cookies (mac2) first.
 DEFAULT_UNDER_LOAD_THRESHOLD = 64
 _UNDER_LOAD_HOLD = 1.0
+# Handshake messages waiting for `process_handshakes` at most (wireguard-go's queue size); a
+# queue an eighth full means under load too, as there.
+HANDSHAKE_QUEUE = 1024
+_UNDER_LOAD_QUEUE = HANDSHAKE_QUEUE // 8
 
 
 class TunnelError(ValueError):
@@ -73,6 +78,11 @@ class Tunnel:
                                else CookieChecker(self.identity.public_key, random_bytes))
         self.under_load_threshold = under_load_threshold
         self.force_under_load = False
+        # True: each handshake message is handled as it arrives (tests, the simulator). False:
+        # admitted ones wait in a bounded queue for `process_handshakes`, so that the IO shell
+        # handles transport data first and handshakes in what time is left.
+        self.handshakes_inline = True
+        self._handshake_queue: deque[tuple[bytes, Endpoint]] = deque()
         self._handshake_window_start = float("-inf")
         self._handshakes_in_window = 0
         self._under_load_until = float("-inf")
@@ -250,16 +260,72 @@ class Tunnel:
         if kind in (0, messages.TYPE_TRANSPORT):
             self.counters.drop("malformed")
             return
-        self._receive_handshake(bytes(data), normalise(source), now, wall)
+        self.receive_handshakes(data, 0, len(data), len(data), source, now, wall)
 
-    def _under_load(self, now: float) -> bool:
+    def receive_handshakes(self, data: bytes | bytearray | memoryview, start: int, end: int,
+                           size: int, source: Endpoint, now: float, wall: float) -> None:
+        """Non-transport datagrams from `source`, back to back in `data[start:end]`, each
+        `size` bytes but the last (the handshake messages of one UDP GRO read).
+
+        Admission costs no cryptography: under load, each source gets a few messages a second
+        through its token bucket, and the bounded queue takes what fits; the rest are counted
+        drops. What is admitted is handled now (`handshakes_inline`) or by `process_handshakes`.
+        """
+        count = -(-(end - start) // size)
+        under_load = self._count_handshakes(count, now)
+        if under_load:
+            allowed = self.rate_limiter.allow_many(source[0], count, now)
+            if allowed < count:
+                self.counters.drop("handshake_rate_limited", count - allowed)
+            end = min(end, start + allowed * size)
+        if start >= end:
+            return
+        source = normalise(source)
+        view = memoryview(data)
+        if self.handshakes_inline:
+            for offset in range(start, end, size):
+                self._receive_handshake(bytes(view[offset:min(offset + size, end)]), source,
+                                        now, wall)
+            return
+        queue = self._handshake_queue
+        for offset in range(start, end, size):
+            if len(queue) >= HANDSHAKE_QUEUE:
+                self.counters.drop("handshake_queue_full", -(-(end - offset) // size))
+                return
+            queue.append((bytes(view[offset:min(offset + size, end)]), source))
+
+    @property
+    def handshakes_pending(self) -> int:
+        """Handshake messages waiting for `process_handshakes`."""
+        return len(self._handshake_queue)
+
+    def process_handshakes(self, now: float, wall: float, limit: int) -> int:
+        """Handle up to `limit` queued handshake messages, oldest first; returns how many are
+        still waiting."""
+        queue = self._handshake_queue
+        for _ in range(min(limit, len(queue))):
+            data, source = queue.popleft()
+            self._receive_handshake(data, source, now, wall)
+        return len(queue)
+
+    def under_load(self, now: float) -> bool:
+        """Whether handshake messages now need a valid mac2 (a cookie) and pass through the
+        per-source rate limit: a forced test setting, too many lately, or a queue backing up."""
+        return (self.force_under_load or now < self._under_load_until
+                or len(self._handshake_queue) >= _UNDER_LOAD_QUEUE)
+
+    def _count_handshakes(self, count: int, now: float) -> bool:
+        was = self.under_load(now)
         if now - self._handshake_window_start >= 1.0:
             self._handshake_window_start = now
             self._handshakes_in_window = 0
-        self._handshakes_in_window += 1
+        self._handshakes_in_window += count
         if self._handshakes_in_window > self.under_load_threshold:
             self._under_load_until = now + _UNDER_LOAD_HOLD
-        return self.force_under_load or now < self._under_load_until
+        is_now = self.under_load(now)
+        if is_now and not was:
+            self.counters.under_load_periods += 1
+        return is_now
 
     def _receive_handshake(self, data: bytes, source: Endpoint, now: float,
                            wall: float) -> None:
@@ -278,15 +344,10 @@ class Tunnel:
         if checker is None or private_key is None or public_key is None:
             self.counters.drop("no_private_key")
             return
-        under_load = self._under_load(now)
-        # Before mac1: under a flood even one BLAKE2s per datagram would take the loop.
-        if under_load and not self.rate_limiter.allow(source[0], now):
-            self.counters.drop("handshake_rate_limited")
-            return
         if not checker.mac1_valid(data):
             self.counters.drop("handshake_bad_mac1")
             return
-        if under_load and not checker.mac2_valid(data, source, now):
+        if self.under_load(now) and not checker.mac2_valid(data, source, now):
             reply = checker.make_reply(data, msg.sender, source, now)
             self.outbox.transmit(reply.pack(), source)
             self.counters.cookie_replies_sent += 1

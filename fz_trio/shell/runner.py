@@ -5,7 +5,10 @@ Tasks, all children of one nursery (cancelling it is the shutdown path):
   them to the core;
 - one UDP reader per socket: likewise for datagrams;
 - the timer task: sleeps until the core's next deadline (`poll_timeout`), which the readers
-  pull earlier whenever the core's answer changes.
+  pull earlier whenever the core's answer changes;
+- the handshake task: the handshake messages the UDP readers queued in the core (bounded,
+  rate-limited per source under load), a few per turn, so that transport data always goes
+  first and a handshake flood cannot starve it.
 After each batch the loops flush what the core produced: datagrams to UDP, packets to TUN.
 Opening and closing the devices, sockets and routes is `fz_trio.app`'s; these loops own only
 what they start.
@@ -13,6 +16,7 @@ what they start.
 
 from __future__ import annotations
 
+import logging
 import math
 import socket
 import time
@@ -41,6 +45,8 @@ from fz_trio.shell.tun_io import (
 from fz_trio.shell.tun_offload import TunOffload, WriteItem
 from fz_trio.shell.udp import BatchSender, UdpSockets, enable_gro, receive_segments
 
+log = logging.getLogger(__name__)
+
 # Bounded channels hold at most this many packets each way (the design card's 1000): items are
 # batches, so the capacity in items is this divided by the largest batch.
 CHANNEL_PACKETS = 1000
@@ -50,6 +56,10 @@ CHANNEL_PACKETS = 1000
 CHANNEL_BYTES = 512 * 1024
 TICK_PACKETS = 100  # packets the loop takes from TUN per tick (two reader batches)
 INBOUND_TICK_PACKETS = 64  # decrypt at least this many before handing a batch to the writers
+# Handshake messages handled per turn of the handshake task (a full key exchange is a few
+# hundred microseconds of X25519): between turns every reader gets the loop.
+HANDSHAKES_PER_TURN = 8
+_LOAD_RECHECK = 2.0  # seconds: how soon the end of an under-load period is noticed for the log
 _INBOUND_ITEM_MAX = INBOUND_TICK_PACKETS + MAX_SEGMENTS  # the last recvmsg may add up to 64
 
 
@@ -72,6 +82,9 @@ class PacketLoops:
     _udp_scope: trio.CancelScope | None = None
     _udp_readers_stopped: trio.Event | None = None
     _writers: list[trio.MemorySendChannel[WriterBatch]] = attrs.Factory(list)
+    _handshakes_queued: trio.Event = attrs.Factory(trio.Event)
+    _under_load_since: float | None = None
+    _drops_at_load: int = 0
 
     def now(self) -> float:
         return trio.current_time()
@@ -176,8 +189,42 @@ class PacketLoops:
                 receive(buffer, nbytes, segment, source, now, wall)
                 received += -(-nbytes // segment) if segment else 1
             stats.udp_datagrams_received += received
+            if self.device.handshakes_pending:
+                self._handshakes_queued.set()
             await self.flush_network()
             await self.deliver_to_tun()
+
+    async def _handshakes(self) -> None:
+        """The queued handshake messages, HANDSHAKES_PER_TURN at a time, with a checkpoint
+        between turns: the readers' data is never behind a backlog of handshakes."""
+        device = self.device
+        while True:
+            if self._under_load_since is None:
+                await self._handshakes_queued.wait()
+            else:
+                with trio.move_on_after(_LOAD_RECHECK):
+                    await self._handshakes_queued.wait()
+            self._handshakes_queued = trio.Event()
+            while device.process_handshakes(self.now(), time.time(), HANDSHAKES_PER_TURN):
+                await self.flush_network()
+                await trio.sleep(0)
+            await self.flush_network()
+            self._log_load()
+
+    def _log_load(self) -> None:
+        """One line when the responder starts demanding cookies, one when it stops."""
+        now = self.now()
+        drops = self.device.counters.drops
+        dropped = drops["handshake_rate_limited"] + drops["handshake_queue_full"]
+        if self.device.under_load(now):
+            if self._under_load_since is None:
+                self._under_load_since, self._drops_at_load = now, dropped
+                log.warning("under load: handshake messages need a cookie and are rate-limited "
+                            "per source")
+        elif self._under_load_since is not None:
+            log.warning("no longer under load after %.1f s; %d handshake messages dropped",
+                        now - self._under_load_since, dropped - self._drops_at_load)
+            self._under_load_since = None
 
     async def _udp_readers(self) -> None:
         """One reader per socket of `self.udp`, started again on new sockets after
@@ -240,6 +287,8 @@ class PacketLoops:
                 nursery.start_soon(self._outbound, tun_receive, handoff)
                 nursery.start_soon(self._udp_readers)
                 nursery.start_soon(self._timers)
+                nursery.start_soon(self._handshakes)
+                self.device.handshakes_inline = False
                 self.device.start(self.now(), time.time())
                 await self.flush_network()
                 task_status.started()

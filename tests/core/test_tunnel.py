@@ -1026,3 +1026,69 @@ def test_a_flooding_source_is_cut_off_before_mac1_and_the_real_peer_still_gets_i
     p.net.send(p.a, p.ab(b"still here"))
     p.net.run_for(REKEY_TIMEOUT + 1)  # A retries the initiation the flood test swallowed
     assert tun(b)[-1] == p.ab(b"still here")
+
+
+def _initiation_and_pair() -> tuple[Pair, bytes]:
+    p = make_pair()
+    p.net.fate = lambda d: []
+    p.net.send(p.a, p.ab())
+    return p, wire(p.net)[-1].data
+
+
+def test_a_gro_read_of_initiations_costs_one_bucket_lookup() -> None:
+    """Under load, a UDP GRO read of 200 initiations from one source is one admission: the
+    source's burst gets in (each answered by a cookie reply), the rest are dropped unread."""
+    p, initiation = _initiation_and_pair()
+    b = p.b.tunnel
+    b.force_under_load = True
+    bad = bytearray(initiation)
+    bad[120] ^= 1  # past the burst, not even mac1 is looked at
+    read = initiation * 5 + bytes(bad) * 195
+    b.receive_batch(read, len(read), len(initiation), EVIL, p.net.now, WALL)
+    assert b.counters.cookie_replies_sent == 5
+    assert b.counters.drops["handshake_rate_limited"] == 195
+    assert b.counters.drops["handshake_bad_mac1"] == 0
+    # A short last datagram of the read (here a transport-sized one) is looked at on its own.
+    read = initiation * 3 + b"\x04\0\0\0" + bytes(28)
+    b.receive_batch(read, len(read), len(initiation), EVIL, p.net.now, WALL)
+    assert b.counters.drops["handshake_rate_limited"] == 198
+    assert b.counters.drops["unknown_index"] == 1
+
+
+def test_queued_handshakes_wait_for_their_turn() -> None:
+    """With `handshakes_inline` off (the IO shell's setting) an admitted handshake message
+    waits in the queue: transport data is handled at once, handshakes when the shell says."""
+    p = make_pair(connect=True)
+    b = p.b.tunnel
+    b.handshakes_inline = False
+    p.net.send(p.a, p.ab(b"data first"))
+    p.net.run_for(0.1)
+    assert tun(p.b)[-1] == p.ab(b"data first")  # the session exists: no queue on the way
+    initiation = _initiation_and_pair()[1]
+    before = b.counters.as_dict()
+    b.receive_datagram(initiation, EVIL, p.net.now, WALL)
+    assert b.handshakes_pending == 1 and b.counters.as_dict() == before
+    assert b.process_handshakes(p.net.now, WALL, limit=8) == 0
+    assert b.handshakes_pending == 0
+    assert b.counters.as_dict() != before  # handled now (answered or refused)
+
+
+def test_the_handshake_queue_is_bounded_and_a_backlog_means_under_load() -> None:
+    p, initiation = _initiation_and_pair()
+    b = p.b.tunnel
+    b.handshakes_inline = False
+    b.under_load_threshold = 10**9  # only the queue can say "under load" here
+    read = initiation * 1100
+    b.receive_batch(read, len(read), len(initiation), EVIL, p.net.now, WALL)
+    assert b.handshakes_pending == 1024
+    assert b.counters.drops["handshake_queue_full"] == 76
+    assert b.under_load(p.net.now)
+    # Under load now: the next read from that source goes through its bucket first.
+    b.receive_batch(read, len(read), len(initiation), EVIL, p.net.now, WALL)
+    assert b.counters.drops["handshake_rate_limited"] == 1095
+    assert b.counters.drops["handshake_queue_full"] == 81
+    assert b.process_handshakes(p.net.now, WALL, limit=1000) == 24
+    b.process_handshakes(p.net.now, WALL, limit=1000)
+    assert not b.under_load(p.net.now)
+    # All were one initiation replayed while B demanded cookies: cookie replies, no responses.
+    assert b.counters.handshake_responses_sent <= 1
