@@ -4,7 +4,9 @@ who knows only its public key would send them.
     python -m fz_trio.lab.flood --target 198.18.0.1:51820 --public-key KEY [--rate 100000]
         [--seconds 10] [--bind 198.18.0.66] [--solve-cookies]
 
-`--rate 0` sends as fast as one process can (UDP GSO: 64 initiations per `sendmsg`).
+`--rate 0` sends as fast as one process can (UDP GSO: 64 initiations per `sendmsg`, which a
+receiver with UDP GRO takes in one read, as it would a burst off a real NIC; `--no-gso` sends
+each on its own, so each costs the receiver a read).
 `--solve-cookies` reads the cookie replies a responder under load sends, decrypts them (they
 are encrypted to the mac1 we sent) and puts a valid mac2 on what follows, so the flood gets past
 the cookie check; what stops it then is the responder's per-source rate limit. The messages
@@ -72,7 +74,7 @@ def _read_replies(sock: socket.socket, jar: CookieJar, now: float) -> int:
 
 
 def flood(target: tuple[str, int], public_key: bytes, *, rate: float, seconds: float,
-          bind: str | None, solve_cookies: bool) -> dict[str, object]:
+          bind: str | None, solve_cookies: bool, gso: bool = True) -> dict[str, object]:
     family = socket.AF_INET6 if ":" in target[0] else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
@@ -82,7 +84,8 @@ def flood(target: tuple[str, int], public_key: bytes, *, rate: float, seconds: f
         jar = CookieJar(public_key)
         body = _initiation_body()
         sent = batches = cookies = errors = 0
-        interval = BATCH / rate if rate > 0 else 0.0
+        batch = BATCH if gso else 1
+        interval = batch / rate if rate > 0 else 0.0
         start = time.monotonic()
         deadline = start + seconds
         due = start
@@ -107,12 +110,15 @@ def flood(target: tuple[str, int], public_key: bytes, *, rate: float, seconds: f
                     cookies += solved
                     message = jar.stamp(body, now)
             try:
-                sock.sendmsg([message * BATCH], [(SOL_UDP, UDP_SEGMENT,
-                                                  struct.pack("=H", INITIATION_LEN))])
+                if gso:
+                    sock.sendmsg([message * BATCH], [(SOL_UDP, UDP_SEGMENT,
+                                                      struct.pack("=H", INITIATION_LEN))])
+                else:
+                    sock.send(message)
             except OSError:  # ENOBUFS, ECONNREFUSED from an earlier ICMP: count, go on
                 errors += 1
                 continue
-            sent += BATCH
+            sent += batch
             batches += 1
         elapsed = time.monotonic() - start
     finally:
@@ -137,9 +143,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--bind", help="source address to send from")
     parser.add_argument("--solve-cookies", action="store_true")
+    parser.add_argument("--no-gso", dest="gso", action="store_false",
+                        help="one datagram per send (each arrives on its own: no GRO run)")
     args = parser.parse_args(argv)
     result = flood(args.target, decode_key(args.public_key), rate=args.rate,
-                   seconds=args.seconds, bind=args.bind, solve_cookies=args.solve_cookies)
+                   seconds=args.seconds, bind=args.bind, solve_cookies=args.solve_cookies,
+                   gso=args.gso)
     print(json.dumps(result), flush=True)
     return 0
 

@@ -53,7 +53,7 @@ def _rss_kib(pid: int) -> int:
 
 @contextmanager
 def _flooding(net: TestNet, pair: TunnelPair, *, rate: float, solve_cookies: bool = False,
-              seconds: float = 60.0) -> Iterator[dict[str, object]]:
+              gso: bool = True, seconds: float = 60.0) -> Iterator[dict[str, object]]:
     """A flooder running in namespace B for the duration of the block; its summary fills the
     yielded dict when the block ends."""
     argv = [sys.executable, "-m", "fz_trio.lab.flood", "--target",
@@ -62,6 +62,8 @@ def _flooding(net: TestNet, pair: TunnelPair, *, rate: float, solve_cookies: boo
             "--seconds", str(seconds), "--bind", FLOODER]
     if solve_cookies:
         argv.append("--solve-cookies")
+    if not gso:
+        argv.append("--no-gso")
     proc = net.popen(net.ns_b, *argv, env=net.python_env(), stdout=-1, stderr=-1)
     summary: dict[str, object] = {}
     try:
