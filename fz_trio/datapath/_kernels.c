@@ -1336,7 +1336,9 @@ static PyObject *k_coalesce(PyObject *module, PyObject *const *args, Py_ssize_t 
                     payload = len - iphl - tcphl;
                 }
             }
-        } else if (len > (size_t)iphl + 8) {
+        } else if (len > (size_t)iphl + 8
+                   && (size_t)((unsigned)p[iphl + 4] << 8 | p[iphl + 5]) == len - iphl) {
+            /* a UDP length that disagrees with the IP length: written as it is */
             candidate = 1;
             l4hl = 8;
             payload = len - iphl - 8;

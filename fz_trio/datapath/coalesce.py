@@ -148,7 +148,11 @@ def coalesce(packets: Iterable[bytearray], *, udp: bool = False
         if proto == PROTO_TCP:
             candidate = _tcp_candidate(packet, version, iphl)
         else:
-            candidate = (8, len(packet) - iphl - 8) if len(packet) > iphl + 8 else None
+            # A UDP length that disagrees with the IP length is written as it is, as the
+            # kernel's GRO would leave it (it never merges such a datagram, nor rewrites it).
+            candidate = ((8, len(packet) - iphl - 8) if len(packet) > iphl + 8
+                         and (packet[iphl + 4] << 8 | packet[iphl + 5]) == len(packet) - iphl
+                         else None)
         group = open_groups.get(key)
         if candidate is None:
             if group is not None:

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 
 from fz_trio.datapath import offload
 from fz_trio.datapath.coalesce import coalesce
-from fz_trio.datapath.offload import OffloadError, VnetHeader, segment
+from fz_trio.datapath.offload import PLAIN_HDR, OffloadError, VnetHeader, segment
 from tests.datapath.strategies import (
     ACK,
     CWR,
@@ -611,6 +611,25 @@ def test_coalesce_udp_never_merges_a_longer_datagram(r: tuple[Flow, list[bytearr
     items = coalesce_checked(packets, udp=True)
     assert [p for g in resegment(items) for p in g] == canon_all(packets)
     assert (at + 1 if shorter else at) in boundaries(items)
+
+
+@FAST
+@given(r=runs(proto=UDP, min_segments=3), data=st.data())
+def test_coalesce_udp_leaves_a_datagram_with_a_wrong_udp_length_alone(
+        r: tuple[Flow, list[bytearray], int], data: st.DataObject) -> None:
+    """A datagram whose UDP length disagrees with its IP length is written exactly as it came
+    (the kernel's GRO would not merge it; on the way up the kernel trims or drops it), and the
+    run is cut there, in both directions (issue 14's finding)."""
+    _, packets, _ = r
+    at = data.draw(st.integers(1, len(packets) - 2))
+    iphl = parse(packets[at]).iphl
+    udp_length = struct.unpack_from("!H", packets[at], iphl + 4)[0]
+    wrong = data.draw(st.integers(0, 0xFFFF).filter(lambda n: n != udp_length))
+    struct.pack_into("!H", packets[at], iphl + 4, wrong)
+    odd = bytes(packets[at])
+    items = coalesce_checked(packets, udp=True)
+    assert (PLAIN_HDR, odd) in [(bytes(h), bytes(p)) for h, p in items]
+    assert {at, at + 1} <= boundaries(items)
 
 
 HEADER_CHANGES: dict[str, Callable[[Flow], Flow]] = {

@@ -639,6 +639,18 @@ def test_coalesce_garbage(packets: list[bytearray], udp: bool) -> None:
     _coalesce_both(packets, udp)
 
 
+@scaled(60)
+@given(flow=S.flows(S.UDP), n=st.integers(2, 8), at=st.integers(0, 7),
+       wrong=st.integers(0, 0xFFFF))
+def test_coalesce_udp_length_mismatch(flow: S.Flow, n: int, at: int, wrong: int) -> None:
+    """A run of one UDP flow in which one datagram's UDP length field lies: both twins leave
+    that datagram alone and agree on the rest."""
+    packets = [S.build(flow, bytes([i]) * 100, ident=i) for i in range(n)]
+    at %= n
+    struct.pack_into("!H", packets[at], flow.iphl + 4, wrong)
+    _coalesce_both(packets, True)
+
+
 def _tweaked_header(seed: int, size: int, proto: int) -> bytearray:
     """Random bytes behind a plausible IPv4/IPv6 header with protocol `proto`."""
     data = bytearray(S.noise(seed, size))
