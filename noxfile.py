@@ -75,6 +75,15 @@ def bench(session: nox.Session) -> None:
     session.run("python", "-m", "fz_trio.lab.bench", *session.posargs)
 
 
+@nox.session
+def soak(session: nox.Session) -> None:
+    """fz-trio against wireguard-go for `--minutes` (10) with TCP both ways: throughput over
+    time, rekeys, drops by reason, memory and fds at start and end (root, wireguard-go, iperf3).
+    `nox -s soak -- --minutes 10 --output soak.json`; see docs/soak.md."""
+    session.install("-e", ".")
+    session.run("python", "-m", "fz_trio.lab.soak", *session.posargs)
+
+
 # --- sanitizers and fuzzing of the native kernels -----------------------------------------------
 # Both build `fz_trio.datapath._kernels` with sanitizers into a temporary directory, next to a
 # copy of the `fz_trio` sources, and put that first on PYTHONPATH: the source tree, its normal
