@@ -25,7 +25,7 @@ import pytest
 from fz_trio.core import encode_key
 from fz_trio.lab.iperf import iperf3
 from fz_trio.lab.scenario import Implementation, TunnelPair
-from fz_trio.lab.testnet import TestNet
+from fz_trio.lab.testnet import TestNet, fz_trio_command
 
 pytestmark = pytest.mark.netns
 
@@ -117,7 +117,12 @@ def _measure(net: TestNet, server_impl: Implementation) -> dict[str, object]:
     figures["rss_kib"] = [rss_start, _rss_kib(pid)]
     if server_impl == "fz-trio":
         figures["server_log"] = [line for line in pair.server.log_tail(20000).splitlines()
-                                 if "under load" in line or "stats" in line][-4:]
+                                 if "under load" in line][-4:]
+        shown = json.loads(net.run(net.ns_a, *fz_trio_command(), "show", pair.server.ifname,
+                                   "--json").stdout.splitlines()[0])
+        protocol = shown["fz_trio"]["stats"]["protocol"]
+        figures["drops"] = protocol["drops"]
+        figures["under_load_periods"] = protocol["under_load_periods"]
     return figures
 
 
@@ -141,5 +146,10 @@ def test_a_handshake_flood_does_not_take_the_tunnel_down(testnet: TestNet) -> No
     assert ours["tcp_mbits_paced_flood"] >= 0.5 * ours["tcp_mbits_unflooded"], ours  # type: ignore[operator]
     assert ours["full_ping_loss_pct"] <= 5.0, ours  # type: ignore[operator]
     assert ours["solving_ping_loss_pct"] <= 5.0, ours  # type: ignore[operator]
+    # What the user sees: the under-load period in the log and in `fz-trio show`'s counters.
+    assert any("under load: handshake messages need a cookie" in line
+               for line in ours["server_log"]), ours  # type: ignore[attr-defined]
+    assert ours["under_load_periods"] >= 1, ours  # type: ignore[operator]
+    assert ours["drops"]["handshake_rate_limited"] > 0, ours  # type: ignore[index]
     rss_start, rss_end = ours["rss_kib"]  # type: ignore[misc]
     assert rss_end < rss_start + 20_000, ours  # flat: no per-source or per-message growth
