@@ -8,6 +8,7 @@ one UDP GRO read that belongs to one session. Inputs and outputs:
     device.send_packets(ip_packets, now, wall)      # from TUN (send_packet: one)
     device.send_reads(vnet_reads, now, wall)        # from a TUN opened with IFF_VNET_HDR
     device.receive_batch(buf, n, size, src, now, wall)  # a UDP GRO read (receive_datagram: one)
+    device.process_handshakes(now, wall, limit)     # the queued ones, with handshakes_inline off
     device.handle_timeout(now, wall)                # when now >= device.poll_timeout()
     device.flush_outbox()                           # after a live configuration change
     device.take_batches() / recycle(batches)       # GSO batches for UDP (take_transmits: each)
@@ -327,6 +328,13 @@ class Device(Tunnel):
             return packets
         self.counters.drop("source_not_allowed", len(refused))
         return [p for k, p in enumerate(packets) if k not in refused]
+
+    def process_handshakes(self, now: float, wall: float, limit: int) -> int:
+        """Queued handshake messages (see `Tunnel.process_handshakes`), then what they made
+        the core send: responses, cookie replies, the packets staged for a new session."""
+        left = super().process_handshakes(now, wall, limit)
+        self.flush_outbox()
+        return left
 
     # --- timers -------------------------------------------------------------------------------
 

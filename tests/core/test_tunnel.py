@@ -1057,20 +1057,23 @@ def test_a_gro_read_of_initiations_costs_one_bucket_lookup() -> None:
 
 def test_queued_handshakes_wait_for_their_turn() -> None:
     """With `handshakes_inline` off (the IO shell's setting) an admitted handshake message
-    waits in the queue: transport data is handled at once, handshakes when the shell says."""
+    waits in the queue: transport data is handled at once, handshakes when the shell says,
+    and then their answers are ready to send."""
     p = make_pair(connect=True)
     b = p.b.tunnel
     b.handshakes_inline = False
     p.net.send(p.a, p.ab(b"data first"))
     p.net.run_for(0.1)
     assert tun(p.b)[-1] == p.ab(b"data first")  # the session exists: no queue on the way
-    initiation = _initiation_and_pair()[1]
-    before = b.counters.as_dict()
-    b.receive_datagram(initiation, EVIL, p.net.now, WALL)
-    assert b.handshakes_pending == 1 and b.counters.as_dict() == before
-    assert b.process_handshakes(p.net.now, WALL, limit=8) == 0
-    assert b.handshakes_pending == 0
-    assert b.counters.as_dict() != before  # handled now (answered or refused)
+    q, initiation = _initiation_and_pair()  # a pair of its own: B there has not answered yet
+    b2 = q.b.tunnel
+    b2.handshakes_inline = False
+    b2.receive_datagram(initiation, A_ADDR, q.net.now, WALL)
+    assert b2.handshakes_pending == 1 and b2.take_transmits() == []
+    assert b2.process_handshakes(q.net.now, WALL, limit=8) == 0
+    assert b2.handshakes_pending == 0
+    # The response, ready to send as soon as it was made (not at the next timer).
+    assert [data[0] for data, _ in b2.take_transmits()] == [2]
 
 
 def test_the_handshake_queue_is_bounded_and_a_backlog_means_under_load() -> None:
