@@ -25,7 +25,7 @@ from collections.abc import Callable
 import attrs
 import trio
 
-from fz_trio.core import ip
+from fz_trio.core import TYPE_TRANSPORT, ip
 from fz_trio.datapath import MAX_SEGMENTS, Device
 from fz_trio.shell.stats import IoStats
 from fz_trio.shell.tun import TunDevice
@@ -43,7 +43,15 @@ from fz_trio.shell.tun_io import (
     write_packet,
 )
 from fz_trio.shell.tun_offload import TunOffload, WriteItem
-from fz_trio.shell.udp import BatchSender, UdpSockets, enable_gro, receive_segments
+from fz_trio.shell.udp import (
+    SOCKET_BUFFER_BYTES,
+    UNDER_LOAD_BUFFER_BYTES,
+    BatchSender,
+    UdpSockets,
+    enable_gro,
+    receive_segments,
+    set_receive_buffer,
+)
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +184,7 @@ class PacketLoops:
         while True:
             await trio.lowlevel.wait_readable(sock)
             now, wall = self.now(), time.time()
-            received = 0
+            received = datagrams = 0
             while received < INBOUND_TICK_PACKETS:
                 try:
                     nbytes, segment, source = receive_segments(sock, buffer)
@@ -187,8 +195,13 @@ class PacketLoops:
                     continue
                 stats.udp_receive_calls += 1
                 receive(buffer, nbytes, segment, source, now, wall)
-                received += -(-nbytes // segment) if segment else 1
-            stats.udp_datagrams_received += received
+                count = -(-nbytes // segment) if segment else 1
+                datagrams += count
+                # Only data fills the tick: a GRO read of a handshake flood is dropped or
+                # queued at once and counts as one, so that under a flood the socket is still
+                # drained many reads per tick and its buffer never fills with the flood.
+                received += count if buffer[0] == TYPE_TRANSPORT else 1
+            stats.udp_datagrams_received += datagrams
             if self.device.handshakes_pending:
                 self._handshakes_queued.set()
             await self.flush_network()
@@ -209,22 +222,25 @@ class PacketLoops:
                 await self.flush_network()
                 await trio.sleep(0)
             await self.flush_network()
-            self._log_load()
+            self._follow_load()
 
-    def _log_load(self) -> None:
-        """One line when the responder starts demanding cookies, one when it stops."""
+    def _follow_load(self) -> None:
+        """When the responder starts and stops being under load: a log line each time, and
+        the larger socket buffer a flood needs (see UNDER_LOAD_BUFFER_BYTES)."""
         now = self.now()
         drops = self.device.counters.drops
         dropped = drops["handshake_rate_limited"] + drops["handshake_queue_full"]
         if self.device.under_load(now):
             if self._under_load_since is None:
                 self._under_load_since, self._drops_at_load = now, dropped
+                set_receive_buffer(self.udp, UNDER_LOAD_BUFFER_BYTES)
                 log.warning("under load: handshake messages need a cookie and are rate-limited "
                             "per source")
         elif self._under_load_since is not None:
             log.warning("no longer under load after %.1f s; %d handshake messages dropped",
                         now - self._under_load_since, dropped - self._drops_at_load)
             self._under_load_since = None
+            set_receive_buffer(self.udp, SOCKET_BUFFER_BYTES)
 
     async def _udp_readers(self) -> None:
         """One reader per socket of `self.udp`, started again on new sockets after

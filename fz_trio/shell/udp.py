@@ -26,6 +26,11 @@ SO_MARK = getattr(socket, "SO_MARK", 36)
 # doubles it) still takes a few GSO bursts and keeps the RTT under load at wireguard-go's
 # (docs/performance.md). Drops past it are the kernel's, counted (UdpRcvbufErrors).
 SOCKET_BUFFER_BYTES = 256 * 1024
+# ... except under a handshake flood: a GRO read of one is ~10 KB of datagrams in an skb several
+# times that size, so 256 KiB holds a few of them and data arriving behind them is dropped
+# whenever the loop is busy for a millisecond. Flood reads are drained in microseconds each, so
+# a larger buffer costs no delay; it is set while under load and undone after.
+UNDER_LOAD_BUFFER_BYTES = 4 * 1024 * 1024
 
 
 class UdpError(Exception):
@@ -56,14 +61,26 @@ class UdpSockets:
             sock.close()
 
 
+def _set_buffer(sock: socket.socket, option: int, nbytes: int) -> None:
+    try:
+        # SO_*BUFFORCE ignores rmem_max/wmem_max when we are root; fall back if refused.
+        force = {socket.SO_SNDBUF: 32, socket.SO_RCVBUF: 33}[option]
+        sock.setsockopt(socket.SOL_SOCKET, force, nbytes)
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, option, nbytes)
+
+
+def set_receive_buffer(udp: UdpSockets, nbytes: int) -> None:
+    """SO_RCVBUF of both sockets (what the kernel grants: rmem_max bounds it without
+    CAP_NET_ADMIN)."""
+    for sock in udp.all():
+        if sock.fileno() != -1:
+            _set_buffer(sock, socket.SO_RCVBUF, nbytes)
+
+
 def _tune(sock: socket.socket, fwmark: int | None) -> None:
     for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
-        try:
-            # SO_*BUFFORCE ignores rmem_max/wmem_max when we are root; fall back if refused.
-            force = {socket.SO_SNDBUF: 32, socket.SO_RCVBUF: 33}[option]
-            sock.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER_BYTES)
-        except OSError:
-            sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER_BYTES)
+        _set_buffer(sock, option, SOCKET_BUFFER_BYTES)
     if fwmark:
         sock.setsockopt(socket.SOL_SOCKET, SO_MARK, fwmark)
     sock.setblocking(False)
