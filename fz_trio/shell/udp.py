@@ -30,7 +30,7 @@ SOCKET_BUFFER_BYTES = 256 * 1024
 # times that size, so 256 KiB holds a few of them and data arriving behind them is dropped
 # whenever the loop is busy for a millisecond. Flood reads are drained in microseconds each, so
 # a larger buffer costs no delay; it is set while under load and undone after.
-UNDER_LOAD_BUFFER_BYTES = 4 * 1024 * 1024
+UNDER_LOAD_BUFFER_BYTES = 1024 * 1024
 
 
 class UdpError(Exception):
