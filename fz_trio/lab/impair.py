@@ -204,6 +204,11 @@ class _Held:
     data: bytes
 
 
+# Bytes of rounding error forgiven when tokens are counted in floats: next_due() promises
+# enough tokens at a time that pop_due() must then find.
+_TOKEN_SLACK = 1e-6
+
+
 class Pipe:
     """One direction of the relay, driven by `push(data, now)` and `pop_due(now)` (seconds).
 
@@ -314,7 +319,7 @@ class Pipe:
         self._tokens_at = now
         while self._fifo:
             seq, data = self._fifo[0]
-            if self._tokens < min(len(data), burst):
+            if self._tokens < min(len(data), burst) - _TOKEN_SLACK:
                 break
             self._fifo.popleft()
             self._fifo_bytes -= len(data)
@@ -503,6 +508,8 @@ class Relay:
                     for d in DIRECTIONS:
                         nursery.start_soon(self._pump, d)
                     if self.blackouts:
+                        if self.blackouts[0][0] <= 0:  # in force before the first datagram
+                            self.set_blackout(True)
                         nursery.start_soon(self._blackout_schedule)
                     task_status.started()
             finally:
@@ -680,6 +687,13 @@ def _rate(text: str) -> float:
     return float(text[:-1] if text[-1:] in units else text) * factor
 
 
+def _address_argument(text: str) -> Address:
+    try:
+        return parse_address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _blackout_window(text: str) -> tuple[float, float]:
     start, sep, length = text.partition(":")
     if not sep:
@@ -710,9 +724,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "blackout on|off|SECONDS [up|down], rebind [PORT], "
                     "set up|down|both KEY=VALUE..., quit. SIGUSR1 rebinds, SIGUSR2 toggles "
                     "the blackout.")
-    parser.add_argument("--listen", required=True, type=parse_address,
+    parser.add_argument("--listen", required=True, type=_address_argument,
                         help="HOST:PORT the client sends to (port 0: any)")
-    parser.add_argument("--forward", required=True, type=parse_address,
+    parser.add_argument("--forward", required=True, type=_address_argument,
                         help="HOST:PORT of the real server")
     parser.add_argument("--seed", type=int, default=0, help="seeds every random choice")
     parser.add_argument("--blackout", type=_blackout_window, action="append", default=[],
@@ -839,19 +853,23 @@ class RelayProcess:
         return self.command(f"set {direction} {pairs}")
 
     def close(self, timeout: float = 5.0) -> dict[str, Any] | None:
-        """Ask it to quit; its last counters (None if it was gone already)."""
-        if self.proc.poll() is not None:
-            return None
-        try:
-            self.command("quit", timeout)
-            final = self._read(timeout)
-        except (TestNetError, BrokenPipeError, ValueError):
-            final = None
+        """Ask it to quit (kill it if it does not), close the pipes; its last counters (None if
+        it was gone already or did not say)."""
+        final = None
+        if self.proc.poll() is None:
+            try:
+                self.command("quit", timeout)
+                final = self._read(timeout)
+            except (TestNetError, OSError, ValueError):
+                pass
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(timeout)
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
         return final
 
 
