@@ -459,7 +459,7 @@ class Relay:
         """Replace the socket towards the server by a new one (a new source port, `port` if
         not 0), as a NAT that forgot its mapping; returns the new port."""
         assert self._nursery is not None
-        old, old_scope = self._forward_sock, self._forward_scope
+        old_scope = self._forward_scope
         old_port = self.source_port
         sock = await self._open_forward(port)
         new_port = int(sock.getsockname()[1])
@@ -469,10 +469,10 @@ class Relay:
         self._forward_sock, self._source_port = sock, new_port
         self._forward_scope = trio.CancelScope()
         self._nursery.start_soon(self._receive_forward, sock, self._forward_scope)
+        # The old socket's receiver closes it as it leaves: closing it here could pull it from
+        # under a receiver that is already woken for it (EBADF).
         if old_scope is not None:
             old_scope.cancel()
-        if old is not None:
-            old.close()
         self.rebinds += 1
         log.info("rebound: source port %d -> %d", old_port, new_port)
         return new_port
@@ -543,7 +543,7 @@ class Relay:
                                scope: trio.CancelScope) -> None:
         pipe = self.pipes["down"]
         forward = ipaddress.ip_address(self.forward_address[0])
-        with scope:
+        with scope, sock:
             while True:
                 data, addr = await sock.recvfrom(65536)
                 if ipaddress.ip_address(addr[0]) != forward or addr[1] != self.forward_address[1]:
@@ -556,17 +556,18 @@ class Relay:
         pipe = self.pipes[direction]
         due = pipe.pop_due(trio.current_time())
         dest: tuple[Any, ...] | None
-        if direction == "up":
-            sock, dest = self._forward_sock, self.forward_address
-        else:
-            sock, dest = self._listen_sock, self.client
         for data in due:
+            # Looked up for each datagram: a rebind may come while we wait to send.
+            if direction == "up":
+                sock, dest = self._forward_sock, self.forward_address
+            else:
+                sock, dest = self._listen_sock, self.client
             if sock is None or dest is None:
                 self.send_errors += 1
                 continue
             try:
                 await sock.sendto(data, dest)
-            except OSError as exc:  # e.g. ENOBUFS; a lossy link loses it
+            except (OSError, trio.ClosedResourceError) as exc:  # e.g. ENOBUFS: a link loses it
                 self.send_errors += 1
                 log.debug("send to %s failed: %s", format_address(dest), exc)
         if pipe.next_due() is not None:

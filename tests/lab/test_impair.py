@@ -397,6 +397,25 @@ async def test_relay_blackout_and_rebind(echo: Echo) -> None:
         nursery.cancel_scope.cancel()
 
 
+async def test_relay_survives_rebinding_under_load(echo: Echo) -> None:
+    # A rebind while the old socket's receiver is already woken for a datagram must not pull the
+    # socket from under it (it once did: EBADF, and the relay was gone).
+    async with trio.open_nursery() as nursery:
+        relay = await start_relay(nursery, echo)
+
+        async def rebind_often() -> None:
+            for _ in range(100):
+                await relay.rebind()
+                await trio.sleep(0.002)
+
+        nursery.start_soon(rebind_often)
+        got = await exchange(relay, 3000)
+        assert relay.rebinds == 100
+        assert len(got) > 2000  # replies on their way to a socket just replaced are lost
+        assert len(await exchange(relay, 10)) == 10
+        nursery.cancel_scope.cancel()
+
+
 async def test_relay_ignores_strangers(echo: Echo) -> None:
     async with trio.open_nursery() as nursery:
         relay = await start_relay(nursery, echo)
