@@ -84,9 +84,12 @@ class TunnelPair:
     ipv6_underlay: bool = False
     full_tunnel: bool = False  # the client routes everything (0.0.0.0/0, ::/0) through the server
     extra_args: list[str] = attrs.Factory(list)
+    # The client's Endpoint when it is not the server itself (e.g. an impairment relay's address).
+    endpoint: str | None = None
     server: Side = attrs.field(init=False)
     client: Side = attrs.field(init=False)
     psk: bytes | None = attrs.field(init=False, default=None)
+    restarts: int = attrs.field(init=False, default=0)
 
     def __attrs_post_init__(self) -> None:
         net = self.net
@@ -99,22 +102,54 @@ class TunnelPair:
 
     @property
     def server_endpoint(self) -> str:
+        if self.endpoint is not None:
+            return self.endpoint
         if self.ipv6_underlay:
             return f"[{self.net.underlay6_a}]:{LISTEN_PORT}"
         return f"{self.net.underlay_a}:{LISTEN_PORT}"
 
+    @property
+    def client_allowed_ips(self) -> list[str]:
+        """The client's AllowedIPs for the server."""
+        net = self.net
+        return (["0.0.0.0/0", "::/0"] if self.full_tunnel
+                else [f"{net.tunnel_a4}/32", f"{net.tunnel_a6}/128"])
+
     def start(self, timeout: float = 20.0) -> None:
         """Start both ends and wait until a ping crosses the tunnel both ways."""
         net = self.net
-        self._start_side(self.server, peer=self.client, listen_port=LISTEN_PORT, endpoint=None,
-                         allowed=[f"{net.tunnel_b4}/32", f"{net.tunnel_b6}/128"])
-        client_allowed = (["0.0.0.0/0", "::/0"] if self.full_tunnel
-                          else [f"{net.tunnel_a4}/32", f"{net.tunnel_a6}/128"])
-        self._start_side(self.client, peer=self.server, listen_port=None,
-                         endpoint=self.server_endpoint, allowed=client_allowed)
+        self._start(self.server)
+        self._start(self.client)
         wait_for(lambda: self.ping(self.client.namespace, net.tunnel_a4, count=1, check=False),
                  timeout, what=f"a ping through the tunnel\nserver log:\n{self.server.log_tail()}"
                                f"\nclient log:\n{self.client.log_tail()}")
+
+    def _start(self, side: Side) -> None:
+        if side is self.server:
+            self._start_side(self.server, peer=self.client, listen_port=LISTEN_PORT,
+                             endpoint=None, allowed=[f"{self.net.tunnel_b4}/32",
+                                                     f"{self.net.tunnel_b6}/128"])
+        else:
+            self._start_side(self.client, peer=self.server, listen_port=None,
+                             endpoint=self.server_endpoint, allowed=self.client_allowed_ips)
+
+    def restart(self, side: Side, *, new_key: bool = False, timeout: float = 5.0) -> None:
+        """Stop one end (SIGTERM) and start it again with the same private key or a new one;
+        returns once it is up again. The other end is left alone: after a new key it still
+        knows the old public key until it is told (`wg set`). A restarted wireguard-go gets a
+        new interface name (TestNet keeps each control socket's name for itself); fz-trio is
+        started again from the same config file name, as a user would."""
+        assert side.process is not None
+        side.process.send_signal(signal.SIGTERM)
+        side.process.wait(timeout)
+        if new_key:
+            side.private_key = generate_private_key()
+        if side.implementation == "wireguard-go":
+            self.restarts += 1
+            side.ifname = f"{side.ifname[:3]}{self.restarts}{self.net.suffix}"
+        elif side.log_path is not None and side.log_path.exists():
+            side.log_path.rename(side.log_path.with_suffix(f".{side.process.pid}.log"))
+        self._start(side)
 
     def _start_side(self, side: Side, *, peer: Side, listen_port: int | None,
                     endpoint: str | None, allowed: list[str]) -> None:
