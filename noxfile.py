@@ -144,21 +144,40 @@ def sanitize(session: nox.Session) -> None:
         __import__("shutil").rmtree(root, ignore_errors=True)
 
 
-@nox.session
-def fuzz(session: nox.Session) -> None:
-    """fuzz/fuzz_kernels.py (atheris, libFuzzer coverage of the C code, ASan + UBSan) for
-    `--seconds` (600): `nox -s fuzz -- --seconds 120 [more libFuzzer flags, a corpus dir]`.
-    Needs clang (`apt-get install clang`); crashes are written to ./crash-*."""
+# The harnesses `nox -s fuzz` runs: fuzz/fuzz_<target>.py. All but kernels are pure Python and
+# need only atheris' PyPI wheel; their seeds are fuzz/corpus/<target>/ (fuzz/make_corpus.py).
+FUZZ_TARGETS = ("kernels", "tunnel", "config", "uapi", "offload")
+
+
+def _fuzz_options(session: nox.Session) -> tuple[str, list[str], bool, list[str]]:
+    """(--seconds, the targets, whether they were named, the other arguments for libFuzzer)."""
+    args = list(session.posargs)
+    seconds, targets, named = "600", list(FUZZ_TARGETS), False
+    for flag in ("--seconds", "--targets"):
+        if flag in args:
+            i = args.index(flag)
+            if i + 1 == len(args):
+                session.error(f"{flag} needs a value")
+            value = args[i + 1]
+            del args[i:i + 2]
+            if flag == "--seconds":
+                seconds = value
+            else:
+                targets, named = [t.strip() for t in value.split(",") if t.strip()], True
+    unknown = [t for t in targets if t not in FUZZ_TARGETS]
+    if unknown or not targets:
+        session.error(f"unknown fuzz targets {unknown}; choose from {','.join(FUZZ_TARGETS)}")
+    if not seconds.isdigit():
+        session.error(f"--seconds wants a whole number, got {seconds!r}")
+    return seconds, targets, named, args
+
+
+def _fuzz_kernels(session: nox.Session, seconds: str, args: list[str]) -> None:
+    """fuzz/fuzz_kernels.py against the extension built with clang, ASan + UBSan and libFuzzer
+    coverage of the C code (see that file)."""
     import os
     import shutil
 
-    args = list(session.posargs)
-    seconds = "600"
-    if "--seconds" in args:
-        i = args.index("--seconds")
-        seconds = args[i + 1]
-        del args[i:i + 2]
-    session.install("-e", ".", "atheris")
     root = _sanitized_tree(session, "clang", "-fsanitize=fuzzer-no-link")
     try:
         # ASan (it carries UBSan's handlers) and libFuzzer in one preload, built as atheris'
@@ -179,3 +198,48 @@ def fuzz(session: nox.Session) -> None:
                     "-max_len=8192", *args, env=env)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+@nox.session
+def fuzz(session: nox.Session) -> None:
+    """Every fuzz/fuzz_<target>.py for `--seconds` each (600), one after the other:
+    `nox -s fuzz -- --seconds 60 [--targets tunnel,config] [more libFuzzer flags]`.
+
+    tunnel, config, uapi and offload are pure Python (atheris only); each starts from its seeds
+    in fuzz/corpus/<target>/ and what earlier runs found in .nox/fuzz/tmp/corpus-<target>/ (new
+    inputs go there: the seeds stay as committed). kernels needs clang (`apt-get install clang`)
+    for ASan + UBSan and libFuzzer coverage of the C code; without clang it is skipped with a
+    warning, unless named in --targets. A crash is written to ./fuzz-<target>-crash-<sha1>
+    (`python fuzz/fuzz_<target>.py that-file` reproduces it); every target runs, and the session
+    fails at the end naming those that crashed. See docs/fuzzing.md.
+    """
+    import os
+    import shutil
+
+    from nox.command import CommandFailed
+
+    seconds, targets, named, args = _fuzz_options(session)
+    if "kernels" in targets and shutil.which("clang") is None:
+        if named:
+            session.error("the kernels target needs clang (apt-get install clang)")
+        session.warn("fuzz: no clang, so no kernels target (apt-get install clang)")
+        targets.remove("kernels")
+    session.install("-e", ".", "atheris")
+    crashed = []
+    for target in targets:
+        session.log(f"fuzz: {target} for {seconds} s")
+        try:
+            if target == "kernels":
+                _fuzz_kernels(session, seconds, args)
+                continue
+            found = os.path.join(session.create_tmp(), f"corpus-{target}")
+            os.makedirs(found, exist_ok=True)
+            # -timeout: an input that takes seconds is a finding too (the config parser's
+            # cubic regex was one); given in `args`, libFuzzer takes the last.
+            session.run("python", f"fuzz/fuzz_{target}.py", f"-max_total_time={seconds}",
+                        "-timeout=10", f"-artifact_prefix=fuzz-{target}-", *args, found,
+                        f"fuzz/corpus/{target}")
+        except CommandFailed:
+            crashed.append(target)
+    if crashed:
+        session.error(f"fuzz: crashes in {', '.join(crashed)} (see ./fuzz-*-crash-* above)")

@@ -6,9 +6,9 @@ open_run or coalesce) with arguments decoded from the fuzz bytes, then the Pytho
 exception other than ValueError, ValueError from one twin only, a ValueError after which a
 destination buffer or replay window was written, or any difference in results or written bytes.
 
-Build and run (what `nox -s fuzz -- --seconds N` does; clang, ASan + UBSan, libFuzzer coverage of
-the C code through -fsanitize=fuzzer-no-link; the sanitized build goes to a temporary directory,
-the source tree and its normal extension are left alone):
+Build and run (what `nox -s fuzz -- --targets kernels --seconds N` does; clang, ASan + UBSan,
+libFuzzer coverage of the C code through -fsanitize=fuzzer-no-link; the sanitized build goes to
+a temporary directory, the source tree and its normal extension are left alone):
 
     apt-get install -y clang                     # Debian 12: clang 14
     pip install atheris                          # PyPI wheel (its own libFuzzer, no sanitizer)

@@ -6,7 +6,8 @@ filesystem, and only to read the one file it is given.
 The accepted format is the union of what wg(8) ``setconf`` and wg-quick(8) accept, with one
 refusal: ``SaveConfig = true`` (fz-trio never rewrites the file). Every problem is reported as a
 ``ConfigError`` naming file and line, and key material never appears in a message: a config file
-pasted into a bug report must not leak a key through our error output.
+pasted into a bug report must not leak a key through our error output. What a message may show
+of the file, and how long it may be, is `fz_trio.redact`'s rule.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import attrs
 
 from fz_trio.core import Network, decode_key, public_key_of
 from fz_trio.ifname import check_interface_name
+from fz_trio.redact import bounded, reason, shown
 from fz_trio.values import (
     EndpointSetting,
     IPAddress,
@@ -66,9 +68,11 @@ DEFAULT_INTERFACE_NAME = "wg0"
 
 
 class ConfigError(Exception):
-    """A configuration file is malformed or asks for something we cannot do."""
+    """A configuration file is malformed or asks for something we cannot do. The message holds
+    no key-like text and is at most `fz_trio.redact.MAX_MESSAGE` characters long."""
 
     def __init__(self, filename: str, line: int | None, message: str) -> None:
+        message = bounded(message)
         # Passing all three to Exception keeps the error picklable (trio/threads may carry it).
         super().__init__(filename, line, message)
         self.filename = filename
@@ -119,8 +123,9 @@ class Config:
 
 
 # --------------------------------------------------------------------------------------------
-# Value parsers. Each takes the stripped value text and raises ValueError with a message that is
-# safe to show (never echoing a key). Those the UAPI needs too live in fz_trio.values.
+# Value parsers. Each takes the stripped value text and raises ValueError with a message that may
+# quote the value (the caller shows it only through fz_trio.redact.reason). Those the UAPI needs
+# too live in fz_trio.values.
 
 
 def _parse_interface_address(token: str) -> IPInterface:
@@ -231,6 +236,8 @@ class _KeySpec:
     name: str  # canonical spelling, used in messages
     parse: Callable[[str], Any]
     repeatable: bool = False  # list keys: each line adds items
+    # The key parsers never echo their input (it is a key), so their reasons are always shown.
+    echoes: bool = True
 
 
 def _specs(*specs: _KeySpec) -> dict[str, _KeySpec]:
@@ -238,7 +245,7 @@ def _specs(*specs: _KeySpec) -> dict[str, _KeySpec]:
 
 
 _INTERFACE_KEYS = _specs(
-    _KeySpec("PrivateKey", decode_key),
+    _KeySpec("PrivateKey", decode_key, echoes=False),
     _KeySpec("Address", _list_parser(_parse_interface_address, on_whitespace=True), True),
     _KeySpec("ListenPort", _parse_listen_port),
     _KeySpec("MTU", _parse_mtu),
@@ -253,8 +260,8 @@ _INTERFACE_KEYS = _specs(
 )
 
 _PEER_KEYS = _specs(
-    _KeySpec("PublicKey", decode_key),
-    _KeySpec("PresharedKey", decode_key),
+    _KeySpec("PublicKey", decode_key, echoes=False),
+    _KeySpec("PresharedKey", decode_key, echoes=False),
     _KeySpec("AllowedIPs", _list_parser(parse_network, on_whitespace=False), True),
     _KeySpec("Endpoint", parse_endpoint),
     _KeySpec("PersistentKeepalive", _parse_keepalive),
@@ -316,34 +323,7 @@ def _unknown_key(key: str, kind: str) -> str:
     for other, specs in _SECTION_KEYS.items():
         if other != kind and lowered in specs:
             return f"{specs[lowered].name} belongs in [{other}], not [{kind}]"
-    return f"unknown key '{_shown(key)}' in [{kind}]"
-
-
-# 32 bytes in base64 (43 characters and padding) or in hex, as wg and UAPI write keys.
-_KEY_LIKE_RE = re.compile(r"'?(?:[A-Za-z0-9+/]{43,}=*|[0-9a-fA-F]{64,})'?")
-
-
-def _without_keys(message: str) -> str:
-    # Value parsers quote what they got, which helps with a typo but must not show a key
-    # pasted next to the wrong name (`ListenPort = <a private key>`).
-    return _KEY_LIKE_RE.sub("a key-like value (not shown)", message)
-
-
-# A message quotes at most this much of what the file says, and is at most MAX_MESSAGE long:
-# a 10 MB line must not come back as a 10 MB error.
-MAX_SHOWN = 40
-MAX_MESSAGE = 300
-
-
-def _shown(text: str) -> str:
-    """Part of the file, fit to quote: keys in it replaced, and cut short."""
-    text = _KEY_LIKE_RE.sub("<key not shown>", text)
-    return text if len(text) <= MAX_SHOWN else text[:MAX_SHOWN] + "…"
-
-
-def _bounded(message: str) -> str:
-    message = _without_keys(message)
-    return message if len(message) <= MAX_MESSAGE else message[:MAX_MESSAGE] + "…"
+    return f"unknown key '{shown(key)}' in [{kind}]"
 
 
 def _read_sections(text: str) -> list[_Section]:
@@ -362,7 +342,7 @@ def _read_sections(text: str) -> list[_Section]:
         if not key:
             raise _Invalid(number, "missing key name before '='")
         if current is None:
-            raise _Invalid(number, f"'{_shown(key)}' appears before any [Interface] or [Peer] "
+            raise _Invalid(number, f"'{shown(key)}' appears before any [Interface] or [Peer] "
                                    f"section")
         spec = _SECTION_KEYS[current.kind].get(key.lower())
         if spec is None:
@@ -374,7 +354,10 @@ def _read_sections(text: str) -> list[_Section]:
         except _Refused as e:
             raise _Invalid(number, str(e)) from None
         except ValueError as e:
-            raise _Invalid(number, f"invalid {spec.name}: {_without_keys(str(e))}") from None
+            # The parsers quote what they got, which helps with a typo but must not show a key
+            # pasted next to the wrong name (`ListenPort = <a private key>`), or a piece of one.
+            why = reason(value, e) if spec.echoes else str(e)
+            raise _Invalid(number, f"invalid {spec.name}: {why}") from None
         current.add(spec, parsed, number)
     return sections
 
@@ -388,7 +371,7 @@ def _read_header(content: str, number: int) -> _Section:
     name = inner.strip()
     kind = _SECTION_NAMES.get(name.lower())
     if kind is None:
-        raise _Invalid(number, f"unknown section [{_shown(name)}]; expected [Interface] or "
+        raise _Invalid(number, f"unknown section [{shown(name)}]; expected [Interface] or "
                                f"[Peer]")
     return _Section(kind, number)
 
@@ -532,7 +515,7 @@ def parse_config(
     try:
         return _build_config(_read_sections(text), name)
     except _Invalid as e:
-        raise ConfigError(filename, e.line, _bounded(e.message)) from None
+        raise ConfigError(filename, e.line, e.message) from None
 
 
 def load_config(path: str | os.PathLike[str], interface_name: str | None = None) -> Config:

@@ -49,9 +49,11 @@ Where fz-trio deliberately differs from wireguard-go:
   zone and port 0, then fails at the socket). `allowed_ip` follows Go's netip.ParsePrefix: an
   explicit length without leading zeros; host bits are masked ("10.0.0.1/24" is 10.0.0.0/24).
   A private key is clamped when read, as wireguard-go does, so `get` shows it clamped.
-- Error messages never quote a key: the values of key lines are never shown, any other value
-  or key name only when it is at most 40 characters (too short to hold a key) — a longer one is
-  described by its length, not cut, as a cut 64-digit key would still give most of it away.
+- Error messages never quote a key (`fz_trio.redact`, the same rule as for config files): the
+  values of key lines are never shown; any other value or key name is quoted with every run of
+  32 or more base64 characters (a key in either spelling, whole or with a few characters lost)
+  replaced and cut to 40 characters, and a value parser's reason is given only for a value
+  without such a run. A message is at most 300 characters.
 - `allowed_ip=-prefix` (removal, in the newest wireguard-go) is not supported: EINVAL.
 
 How a `SetRequest` is applied, to match wireguard-go (the applier's contract):
@@ -95,6 +97,7 @@ from fz_trio.core import (
     format_endpoint,
 )
 from fz_trio.ifname import check_interface_name
+from fz_trio.redact import bounded, reason, shown
 from fz_trio.values import parse_ip_endpoint, parse_network, parse_uint
 
 __all__ = [
@@ -151,10 +154,6 @@ MAX_FWMARK: Final = 2**32 - 1
 MAX_COUNTER: Final = 2**64 - 1  # tx_bytes, rx_bytes: Go's uint64
 MAX_SECONDS: Final = 2**63 - 1  # last_handshake_time_sec: Go's int64
 
-# A value or key name longer than this is never shown in a message: it could be a key (44
-# base64 characters, 64 hex digits), and a cut one would still give most of it away.
-_SHOWN_MAX: Final = 40
-
 _ZERO_KEY: Final = bytes(KEY_LEN)
 _STATUS_OPS: Final = ("status", "stop")
 
@@ -169,10 +168,12 @@ def socket_path(ifname: str) -> str:
 class UapiError(Exception):
     """A request the server answers with `errno=N`, or a reply that says one (client side).
 
-    `message` is short and never holds a key; it is for logs, the peer only sees the number.
+    `message` is short and never holds a key (`fz_trio.redact.bounded` makes sure); it is for
+    logs, the peer only sees the number.
     """
 
     def __init__(self, errno: int, message: str) -> None:
+        message = bounded(message)
         super().__init__(errno, message)  # both in args: the error stays picklable
         self.errno = errno
         self.message = message
@@ -300,14 +301,9 @@ CLOSE: Final = Close.CLOSE
 Event = GetRequest | SetRequest | ExtensionRequest | UapiError | Close
 
 
-def _shown(text: str) -> str:
-    """`text` quoted for a message if it is too short to be a key, else only its length."""
-    return repr(text) if len(text) <= _SHOWN_MAX else f"<{len(text)} characters>"
-
-
 def _parse_true(key: str, value: str) -> bool:
     if value != "true":
-        raise UapiError(EINVAL, f"{key}={_shown(value)}: the only value allowed is 'true'")
+        raise UapiError(EINVAL, f"{key}='{shown(value)}': the only value allowed is 'true'")
     return True
 
 
@@ -322,9 +318,9 @@ def _parse_value(key: str, value: str, parse: Callable[[str], Any]) -> Any:
     try:
         return parse(value)
     except ValueError as e:
-        # The parsers quote the value: show their reason only when the value is short.
-        reason = str(e) if len(value) <= _SHOWN_MAX else f"a {len(value)}-character value"
-        raise UapiError(EINVAL, f"invalid {key}: {reason}") from None
+        # The parsers quote the value, or pieces of it: their reason only for a value that
+        # holds nothing key-like.
+        raise UapiError(EINVAL, f"invalid {key}: {reason(value, e)}") from None
 
 
 def _parse_fwmark(value: str) -> int:
@@ -426,7 +422,7 @@ class _SetBody:
         elif key == "replace_peers":
             self.replace_peers = _parse_true(key, value)
         else:
-            raise UapiError(EINVAL, f"unknown interface key {_shown(key)}")
+            raise UapiError(EINVAL, f"unknown interface key '{shown(key)}'")
 
     def _start_block(self, public_key: bytes) -> None:
         entry = _Entry(public_key)
@@ -485,9 +481,9 @@ class _SetBody:
                 current.allowed_ips.append(network)
         elif key == "protocol_version":
             if value != "1":
-                raise UapiError(EINVAL, f"protocol_version={_shown(value)}: only 1 is known")
+                raise UapiError(EINVAL, f"protocol_version='{shown(value)}': only 1 is known")
         else:
-            raise UapiError(EINVAL, f"unknown peer key {_shown(key)}")
+            raise UapiError(EINVAL, f"unknown peer key '{shown(key)}'")
 
 
 class _EmptyBody:
@@ -772,7 +768,7 @@ def _reply_lines(data: bytes) -> list[tuple[str, str]]:
     try:
         errno = reply_errno(value)
     except ValueError:
-        raise UapiError(EPROTO, f"the reply's errno is not a number: {_shown(value)}") from None
+        raise UapiError(EPROTO, f"the reply's errno is not a number: '{shown(value)}'") from None
     if errno:
         raise UapiError(errno, f"the server answered errno={errno}")
     return pairs

@@ -540,9 +540,15 @@ def test_listen_port(me: KeyPair) -> None:
     assert parse_config(minimal(me, "ListenPort = 0")).interface.listen_port is None
 
 
-@pytest.mark.parametrize("value", ["65536", "-1", "+5", "1_000", "0x10", "5" * 5000, "٣"])
+@pytest.mark.parametrize("value", ["65536", "-1", "+5", "1_000", "0x10", "5" * 31, "٣"])
 def test_bad_listen_port(me: KeyPair, value: str) -> None:
     assert_error(minimal(me, f"ListenPort = {value}"), 3, "invalid ListenPort", "0 to 65535")
+
+
+def test_a_huge_listen_port_is_refused_as_key_like(me: KeyPair) -> None:
+    # 64 digits are a hex key too (fz_trio.redact): the parser's reason is not shown.
+    assert_error(minimal(me, f"ListenPort = {'5' * 5000}"), 3,
+                 "invalid ListenPort: a key-like value (not shown)")
 
 
 def test_mtu_limits(me: KeyPair) -> None:
@@ -816,3 +822,95 @@ def test_errors_stay_short_whatever_the_input() -> None:
         with pytest.raises(ConfigError) as info:
             parse_config(text)
         assert len(str(info.value)) < 400, str(info.value)[:500]
+
+
+# ---------------------------------------------------------------------------------------------
+# What messages show of the file (fz_trio.redact), and the findings of fuzz/fuzz_config.py
+
+def key_text_with_slash_at(low: int, high: int) -> str:
+    """A base64 key whose first '/' is at an index from `low` to `high` (deterministic)."""
+    import hashlib
+
+    for i in range(10_000):
+        text = b64(hashlib.sha256(str(i).encode()).digest())
+        if low <= text.find("/") <= high:
+            return text
+    raise AssertionError("no such key")
+
+
+def pieces(text: str, size: int = 16) -> list[str]:
+    return [text[i:i + size] for i in range(len(text) - size + 1)]
+
+
+def assert_shows_nothing_of(error: ConfigError, secret: str) -> None:
+    for piece in pieces(secret):
+        assert piece not in str(error), str(error)
+
+
+def test_fuzz_finding_messages_are_at_most_300_characters(me: KeyPair) -> None:
+    # fuzz_config, the first finding: a cut message was 300 characters and then its "…".
+    error = error_of(minimal(me, "Address = 100." + "\ufffd" * 90 + "64.0.2/24"))
+    assert len(error.message) == 300 and error.message.endswith("…"), error.message
+    assert "invalid Address" in error.message
+
+
+@pytest.mark.parametrize("key", ["Address", "AllowedIPs", "DNS", "Endpoint"])
+def test_fuzz_finding_a_key_cut_at_its_slash_is_not_shown(me: KeyPair, peer: KeyPair,
+                                                          key: str) -> None:
+    # fuzz_config, the second finding: `Address = <a key>` where the key holds a '/': the
+    # address parser quoted what came before the slash (up to 42 characters of the key), too
+    # short for the key-like pattern of the time (43 characters).
+    secret = key_text_with_slash_at(20, 40)
+    for value in (secret, "100" + secret[2:], f"10.0.0.1, {secret}"):
+        text = with_peer(me, peer, f"{key} = {value}") if key in ("AllowedIPs", "Endpoint") \
+            else minimal(me, f"{key} = {value}")
+        error = error_of(text)
+        assert f"invalid {key}: a key-like value (not shown)" in error.message, str(error)
+        assert_shows_nothing_of(error, secret)
+
+
+def test_a_mistyped_key_on_a_wrong_line_is_not_shown(me: KeyPair) -> None:
+    # A key with a few characters lost is still key-like (32 base64 characters or more).
+    for secret in (me.private_b64[:-5], me.private.hex()[:40], me.private_b64[3:] + "x!"):
+        error = assert_error(minimal(me, f"MTU = {secret}"), 3, "invalid MTU", "not shown")
+        assert_shows_nothing_of(error, secret)
+
+
+def test_long_values_are_cut_to_40_characters(me: KeyPair, peer: KeyPair) -> None:
+    name = "Unknown-" * 100
+    error = assert_error(minimal(me, f"{name} = 1"), 3, f"unknown key '{name[:40]}…'")
+    assert name[:41] not in error.message
+    error = assert_error(minimal(me, "[" + "Section-" * 100 + "]"), 3, "unknown section [Sect")
+    assert len(error.message) < 120
+    # A parser's reason quotes a long value whole: the message is bounded instead.
+    error = assert_error(with_peer(me, peer, "Endpoint = " + "vpn-" * 500 + ":x"), 5,
+                         "invalid Endpoint")
+    assert len(error.message) <= 300
+
+
+def test_control_characters_in_a_name_are_escaped(me: KeyPair) -> None:
+    error = assert_error(minimal(me, "Fo\x1b[2Jo = 1"), 3, "unknown key 'Fo\\x1b[2Jo'")
+    assert "\x1b" not in str(error)
+
+
+def test_config_error_bounds_its_message_and_stays_picklable() -> None:
+    error = ConfigError("wg0.conf", 2, "x " * 500 + b64(bytes(range(32))))
+    assert len(error.message) == 300 and error.message.endswith("…")
+    copy = pickle.loads(pickle.dumps(error))
+    assert copy.message == error.message and str(copy) == str(error)
+    assert b64(bytes(range(32))) not in ConfigError("f", None, "k " + b64(bytes(32))).message
+
+
+def test_what_counts_as_key_like() -> None:
+    from fz_trio.redact import has_key_like, reason, shown
+
+    key = b64(bytes(range(32)))
+    for text in (key, key[:-1], key[:32], bytes(32).hex(), "x" + bytes(range(32)).hex() + "y",
+                 "5" * 64):
+        assert has_key_like(text), text
+        assert "not shown" in shown(text) and key[:20] not in shown(text)
+    for text in ("", "fd00:64::1/128", "vpn.example.com", "a" * 31, "100.64.0.1/24"):
+        assert not has_key_like(text), text
+        assert shown(text) == text
+    assert reason("1.2.3.4:x", ValueError("bad port 'x'")) == "bad port 'x'"
+    assert reason(key, ValueError(f"'{key}' is bad")) == "a key-like value (not shown)"

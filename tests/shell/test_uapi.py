@@ -1032,3 +1032,76 @@ def test_mutated_requests_only_make_valid_events(data: bytes, cuts: list[int]) -
             assert parse_request(format_set(event)) == event
         if isinstance(event, UapiError):
             assert_no_key_text(event)
+
+
+# ---------------------------------------------------------------------------------------------
+# What messages show of a request (fz_trio.redact, the same rule as for config files)
+
+def pieces(text: str, size: int = 16) -> list[str]:
+    return [text[i:i + size] for i in range(len(text) - size + 1)]
+
+
+def assert_shows_nothing_of(error: UapiError, secret: str) -> None:
+    assert_no_key_text(error)
+    for piece in pieces(secret):
+        assert piece not in str(error), str(error)
+
+
+@pytest.mark.parametrize("line", [
+    f"listen_port={hx(PRIVATE)}", f"fwmark={hx(PRIVATE)}", f"fwmark={encode_key(PRIVATE)}",
+    f"replace_peers={hx(PRIVATE)}", f"{hx(PRIVATE)}=true", f"{encode_key(PRIVATE)}",
+    f"private_key={hx(PRIVATE)}", f"public_key={hx(PRIVATE)}",
+])
+def test_a_private_key_on_a_wrong_line_of_a_set_is_not_shown(line: str) -> None:
+    # The whole request as `wg set` might send it, the private key pasted where it does not go
+    # (and the last two: on its own line, where it is fine, while another line is bad).
+    lines = [f"private_key={hx(PRIVATE)}", line, f"public_key={hx(PEER_A)}", "endpoint=x"]
+    error = set_error(*lines)
+    assert error.errno in (EINVAL, EPROTO)
+    assert_shows_nothing_of(error, hx(PRIVATE))
+    assert_shows_nothing_of(error, encode_key(PRIVATE))
+
+
+@pytest.mark.parametrize("value", [
+    f"{hx(PSK)[:38]}:1",  # 40 characters: the reason (which quotes the host) was shown
+    f"[{hx(PSK)[:36]}]:1", f"1.2.3.4:{hx(PSK)[:32]}", f"{hx(PSK)}", f"{encode_key(PSK)}:1",
+])
+def test_a_hex_key_in_a_bad_value_is_not_shown(value: str) -> None:
+    error = set_error(*peer_lines(PEER_A, f"endpoint={value}"))
+    assert error.errno == EINVAL
+    assert error.message == "invalid endpoint: a key-like value (not shown)"
+    assert_shows_nothing_of(error, hx(PSK))
+    error = set_error(*peer_lines(PEER_A, f"allowed_ip={hx(PSK)[:34]}/8"))
+    assert_shows_nothing_of(error, hx(PSK))
+
+
+def test_long_values_are_cut_not_only_counted() -> None:
+    # Long names and values are quoted, cut to 40 characters, key-like runs replaced first.
+    name = "not-a-key-" * 100
+    error = set_error(f"{name}=1")
+    assert f"unknown interface key '{name[:40]}…'" == error.message
+    error = set_error(*peer_lines(PEER_A, f"remove={name}"))
+    assert f"remove='{name[:40]}…'" in error.message
+    error = set_error(*peer_lines(PEER_A, f"protocol_version=2{hx(PSK)}"))
+    assert "protocol_version='<key not shown>'" in error.message  # one run, "2" and all
+    # A parser's reason for a long value is shown, and the message bounded.
+    error = set_error(*peer_lines(PEER_A, "endpoint=" + "1." * 1000 + ":1"))
+    assert error.message.startswith("invalid endpoint: ") and len(error.message) <= 300
+
+
+def test_uapi_error_bounds_its_message_and_stays_picklable() -> None:
+    error = UapiError(EINVAL, "x " * 500 + hx(PSK))
+    assert len(error.message) == 300 and error.message.endswith("…")
+    copy = pickle.loads(pickle.dumps(error))
+    assert (copy.errno, copy.message) == (EINVAL, error.message)
+    assert hx(PSK) not in UapiError(EINVAL, f"bad {hx(PSK)}").message
+
+
+def test_a_key_in_a_reply_is_not_shown() -> None:
+    with pytest.raises(UapiError) as info:
+        parse_get_reply(f"errno={hx(PSK)}\n\n".encode())
+    assert_shows_nothing_of(info.value, hx(PSK))
+    with pytest.raises(UapiError) as info:
+        parse_get_reply(f"public_key={hx(PEER_A)}\nendpoint={hx(PSK)[:38]}:1\nerrno=0\n\n"
+                        .encode())
+    assert_shows_nothing_of(info.value, hx(PSK))
