@@ -44,7 +44,7 @@ def props(session: nox.Session) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     session.install("ruff")
-    session.run("ruff", "check", "fz_trio", "tests", "noxfile.py")
+    session.run("ruff", "check", "fz_trio", "tests", "noxfile.py", "fuzz")
 
 
 @nox.session
