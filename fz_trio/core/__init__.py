@@ -3,7 +3,7 @@
 Nothing in this package opens a socket, reads a clock, sleeps, spawns a thread or imports Trio.
 """
 
-from fz_trio.core import ip, messages, timers
+from fz_trio.core import cookie, ip, messages, timers
 from fz_trio.core.allowed_ips import Network, as_network
 from fz_trio.core.crypto import CryptoError
 from fz_trio.core.endpoint import Endpoint, format_endpoint
@@ -52,6 +52,7 @@ __all__ = [
     "clamp",
     "decode_hex_key",
     "decode_key",
+    "cookie",
     "encode_hex_key",
     "encode_key",
     "format_endpoint",

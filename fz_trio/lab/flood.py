@@ -28,15 +28,7 @@ import struct
 import sys
 import time
 
-from fz_trio.core import decode_key
-from fz_trio.core.cookie import CookieJar
-from fz_trio.core.messages import (
-    TYPE_COOKIE_REPLY,
-    TYPE_INITIATION,
-    CookieReply,
-    MessageError,
-    parse_handshake,
-)
+from fz_trio.core import cookie, decode_key, messages
 
 __all__ = ["main"]
 
@@ -50,11 +42,11 @@ def _initiation_body() -> bytes:
     """One random initiation, macs zero: sent over and over, so its mac1 (what the cookie
     replies are encrypted to) never changes."""
     sender = int.from_bytes(os.urandom(4), "little")
-    return (struct.pack("<II", TYPE_INITIATION, sender) + os.urandom(INITIATION_LEN - 8 - 32)
-            + bytes(32))
+    return (struct.pack("<II", messages.TYPE_INITIATION, sender)
+            + os.urandom(INITIATION_LEN - 8 - 32) + bytes(32))
 
 
-def _read_replies(sock: socket.socket, jar: CookieJar, now: float) -> int:
+def _read_replies(sock: socket.socket, jar: cookie.CookieJar, now: float) -> int:
     got = 0
     while True:
         try:
@@ -63,13 +55,13 @@ def _read_replies(sock: socket.socket, jar: CookieJar, now: float) -> int:
             return got
         except OSError:  # ICMP errors reported on the socket
             continue
-        if not data or data[0] != TYPE_COOKIE_REPLY:
+        if not data or data[0] != messages.TYPE_COOKIE_REPLY:
             continue
         try:
-            reply = parse_handshake(data)
-        except MessageError:
+            reply = messages.parse_handshake(data)
+        except messages.MessageError:
             continue
-        if isinstance(reply, CookieReply) and jar.consume_reply(reply, now):
+        if isinstance(reply, messages.CookieReply) and jar.consume_reply(reply, now):
             got += 1
 
 
@@ -81,7 +73,7 @@ def flood(target: tuple[str, int], public_key: bytes, *, rate: float, seconds: f
         if bind:
             sock.bind((bind, 0))
         sock.connect(target)
-        jar = CookieJar(public_key)
+        jar = cookie.CookieJar(public_key)  # the initiator's side, as a peer has it
         body = _initiation_body()
         sent = batches = cookies = errors = 0
         batch = BATCH if gso else 1
