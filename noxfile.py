@@ -25,7 +25,8 @@ def tests(session: nox.Session) -> None:
         # Python twin twice.
         session.run("python", "-c", "import fz_trio.datapath as d, sys; "
                     "sys.exit(0 if d.IMPLEMENTATION == 'native' else d.REASON)")
-    session.run("pytest", *session.posargs)
+    # The slowest tests listed at the end: the suite has a 15-minute budget in CI.
+    session.run("pytest", *(session.posargs or ["--durations=15"]))
     if not session.posargs:
         # The data path and every test that moves packets again, on the Python twin.
         session.run("pytest", "-p", "no:cacheprovider", *PUREPYTHON_TESTS,
