@@ -12,6 +12,7 @@ of the file, and how long it may be, is `fz_trio.redact`'s rule.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import re
@@ -269,6 +270,7 @@ _PEER_KEYS = _specs(
 
 _SECTION_KEYS = {"Interface": _INTERFACE_KEYS, "Peer": _PEER_KEYS}
 _SECTION_NAMES = {name.lower(): name for name in _SECTION_KEYS}
+_LONGEST_NAME = max(len(spec.name) for keys in _SECTION_KEYS.values() for spec in keys.values())
 
 
 # --------------------------------------------------------------------------------------------
@@ -319,11 +321,19 @@ def _logical_lines(text: str) -> Iterable[tuple[int, str]]:
 
 
 def _unknown_key(key: str, kind: str) -> str:
+    """Why `key` is refused. The name is quoted only when it is close to a name wg-quick knows
+    (a typo worth showing): anything else may be a piece of a key pasted or wrapped onto a line
+    of its own, which no message shows even in part."""
     lowered = key.lower()
     for other, specs in _SECTION_KEYS.items():
         if other != kind and lowered in specs:
             return f"{specs[lowered].name} belongs in [{other}], not [{kind}]"
-    return f"unknown key '{shown(key)}' in [{kind}]"
+    names = {spec.name.lower(): spec.name for spec in _SECTION_KEYS[kind].values()}
+    close = (difflib.get_close_matches(lowered, names, n=1, cutoff=0.75)
+             if len(key) <= 2 * _LONGEST_NAME else [])
+    if not close:
+        return f"unknown key in [{kind}] (not a wg-quick key name; the line is not shown)"
+    return f"unknown key '{shown(key)}' in [{kind}]; did you mean {names[close[0]]}?"
 
 
 def _read_sections(text: str) -> list[_Section]:
@@ -342,8 +352,7 @@ def _read_sections(text: str) -> list[_Section]:
         if not key:
             raise _Invalid(number, "missing key name before '='")
         if current is None:
-            raise _Invalid(number, f"'{shown(key)}' appears before any [Interface] or [Peer] "
-                                   f"section")
+            raise _Invalid(number, "a key appears before any [Interface] or [Peer] section")
         spec = _SECTION_KEYS[current.kind].get(key.lower())
         if spec is None:
             raise _Invalid(number, _unknown_key(key, current.kind))

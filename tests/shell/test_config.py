@@ -363,8 +363,22 @@ def test_a_key_under_the_wrong_name_is_not_echoed(me: KeyPair, key: str) -> None
 
 
 def test_unknown_key(me: KeyPair, peer: KeyPair) -> None:
-    assert_error(minimal(me, "Foo = bar"), 3, "unknown key 'Foo' in [Interface]")
-    assert_error(with_peer(me, peer, "Foo = bar"), 5, "unknown key 'Foo' in [Peer]")
+    assert_error(minimal(me, "Foo = bar"), 3, "unknown key in [Interface] (not a wg-quick key")
+    assert_error(with_peer(me, peer, "Foo = bar"), 5, "unknown key in [Peer]")
+    # A typo is shown, with the name it is close to.
+    assert_error(minimal(me, "Adress = 100.64.0.9/32"), 3,
+                 "unknown key 'Adress' in [Interface]; did you mean Address?")
+    assert_error(with_peer(me, peer, "PersistentKeepAlive2 = 5"), 5,
+                 "did you mean PersistentKeepalive?")
+
+
+def test_a_key_wrapped_onto_a_line_of_its_own_is_not_shown(me: KeyPair) -> None:
+    """The long fuzz run's finding: the tail of a key on a line of its own (a wrapped paste) was
+    quoted as an unknown key name, 16 of its characters in the message."""
+    tail = me.private_b64[27:]  # 17 characters, the last one "="
+    for line in (tail, f"{tail[:5]}\x17{tail[5:]}", f"{tail} = 1"):
+        error = assert_error(minimal(me, line), 3, "unknown key in [Interface]")
+        assert tail[:8] not in str(error) and tail[8:16] not in str(error)
 
 
 def test_key_in_wrong_section(me: KeyPair, peer: KeyPair) -> None:
@@ -878,8 +892,8 @@ def test_a_mistyped_key_on_a_wrong_line_is_not_shown(me: KeyPair) -> None:
 
 def test_long_values_are_cut_to_40_characters(me: KeyPair, peer: KeyPair) -> None:
     name = "Unknown-" * 100
-    error = assert_error(minimal(me, f"{name} = 1"), 3, f"unknown key '{name[:40]}…'")
-    assert name[:41] not in error.message
+    error = assert_error(minimal(me, f"{name} = 1"), 3, "unknown key in [Interface]")
+    assert name[:20] not in error.message
     error = assert_error(minimal(me, "[" + "Section-" * 100 + "]"), 3, "unknown section [Sect")
     assert len(error.message) < 120
     # A parser's reason quotes a long value whole: the message is bounded instead.
@@ -889,7 +903,7 @@ def test_long_values_are_cut_to_40_characters(me: KeyPair, peer: KeyPair) -> Non
 
 
 def test_control_characters_in_a_name_are_escaped(me: KeyPair) -> None:
-    error = assert_error(minimal(me, "Fo\x1b[2Jo = 1"), 3, "unknown key 'Fo\\x1b[2Jo'")
+    error = assert_error(minimal(me, "Addr\x1bess = 1"), 3, "unknown key 'Addr\\x1bess'")
     assert "\x1b" not in str(error)
 
 
