@@ -256,7 +256,7 @@ class Device(Tunnel):
             # datagram of this read is a handshake message (or junk): one call for all, which
             # under a flood of them costs per read, not per datagram. A short last one may be
             # anything and goes through the loop below.
-            start = nbytes - nbytes % size if nbytes % size else nbytes
+            start = nbytes - nbytes % size
             self.receive_handshakes(view, 0, start, size, source, now, wall)
         while start < nbytes:
             end = min(start + size, nbytes)
