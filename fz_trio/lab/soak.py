@@ -71,20 +71,31 @@ def soak(*, minutes: float, sample_every: float, bitrate: str) -> dict[str, Any]
         argv = ["iperf3", "-c", net.tunnel_a4, "-p", str(IPERF_PORT), "-t", str(seconds),
                 "--bidir", "-i", str(int(sample_every)), "-b", bitrate, "--json",
                 "--connect-timeout", "5000"]
+        # iperf3's JSON goes to a file: it is written at the end, and a long run's would fill
+        # a pipe nobody reads until iperf3 exits.
+        output = net.tmpdir / "iperf3-soak.json"
         started = time.monotonic()
-        client = net.popen(net.ns_b, *argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        errors = output.with_suffix(".err")
+        with open(output, "wb") as sink, open(errors, "wb") as complaints:
+            client = net.popen(net.ns_b, *argv, stdout=sink, stderr=complaints)
         samples = [_sample(net, pair, started)]
-        while client.poll() is None:
-            time.sleep(min(sample_every, max(0.5, started + seconds + 30 - time.monotonic())))
-            if client.poll() is None:
+        while True:
+            try:
+                client.wait(timeout=sample_every)
+                break
+            except subprocess.TimeoutExpired:
                 samples.append(_sample(net, pair, started))
             if time.monotonic() > started + seconds + 90:
                 client.kill()
-        out, err = client.communicate(timeout=30)
         samples.append(_sample(net, pair, started))
         server.wait(10)
         alive = pair.client.process is not None and pair.client.process.poll() is None
-        result = json.loads(out) if out.strip() else {"error": err.decode(errors="replace")}
+        text = output.read_text(errors="replace")
+        try:
+            result = json.loads(text)
+        except ValueError:
+            result = {"error": (text + errors.read_text(errors="replace"))[-2000:]
+                      or f"iperf3 exited with {client.returncode}"}
     return _report(result, samples, seconds, alive)
 
 
@@ -98,8 +109,7 @@ def _report(iperf: dict[str, Any], samples: list[dict[str, Any]], seconds: int,
                 up += stream["bits_per_second"]
             else:
                 down += stream["bits_per_second"]
-        start = interval.get("sum", {}).get("start", interval.get("streams", [{}])[0].get(
-            "start", 0))
+        start = interval.get("sum", {}).get("start", 0)
         intervals.append({"t": round(start), "up_mbits": round(up / 1e6),
                           "down_mbits": round(down / 1e6)})
     first, last = samples[0], samples[-1]
