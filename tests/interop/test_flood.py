@@ -84,7 +84,7 @@ def _fresh_handshake(net: TestNet, pair: TunnelPair) -> float:
     key = encode_key(server.public_key)
     net.wg(client.namespace, "set", client.ifname, "peer", key, "remove")
     net.wg(client.namespace, "set", client.ifname, "peer", key, "endpoint",
-           pair.server_endpoint, "allowed-ips", f"{net.tunnel_a4}/32,{net.tunnel_a6}/128")
+           pair.server_endpoint, "allowed-ips", ",".join(pair.client_allowed_ips))
     started = time.monotonic()
     deadline = started + 30
     while time.monotonic() < deadline:
