@@ -115,6 +115,9 @@ class Peer:
     rx_bytes: int = 0
     tx_bytes: int = 0
     last_handshake_wall: float | None = None
+    # Random bytes for the timers' jitter, drawn 64 at a time: a bulk flow that alternates
+    # sending and receiving re-arms the "no answer" timer on every send batch.
+    _jitter_pool: bytes = attrs.field(default=b"", init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         self.cookies = CookieJar(self.public_key)
@@ -431,7 +434,11 @@ class Peer:
         self.zero_key_material_at = now + 3 * self.timers.reject_after_time
 
     def _jitter(self) -> float:
-        fraction = int.from_bytes(self.random_bytes(2), "little") / 65535
+        pool = self._jitter_pool
+        if not pool:
+            pool = self.random_bytes(64)
+        self._jitter_pool = pool[2:]
+        fraction = int.from_bytes(pool[:2], "little") / 65535
         return fraction * self.timers.rekey_timeout_jitter_max
 
     # --- session lifetime -------------------------------------------------------------------

@@ -109,11 +109,15 @@ class Device(Tunnel):
                 plain.append(memoryview(read)[VNET_HDR_LEN:])
                 continue
             try:
-                hdr = VnetHeader.parse(read)
-                if hdr.gso_type & ~GSO_ECN == GSO_NONE:
-                    plain.append(segment(hdr, memoryview(read)[VNET_HDR_LEN:])[0])
+                gso_type = read[1] & ~GSO_ECN
+                if gso_type == GSO_NONE:
+                    plain.append(segment(VnetHeader.parse(read),
+                                         memoryview(read)[VNET_HDR_LEN:])[0])
                     continue
-                segments = Segments.of(hdr, memoryview(read)[VNET_HDR_LEN:])
+                # A super-packet: only gso_size and gso_type count (hdr_len and the checksum
+                # offsets are the kernel's hints; the plan reads the headers themselves).
+                segments = Segments.plan(memoryview(read)[VNET_HDR_LEN:],
+                                         int.from_bytes(read[4:6], "little"), gso_type)
             except OffloadError:
                 self.counters.drop("tun_malformed_offload")
                 continue

@@ -115,14 +115,16 @@ class Segments:
 
     packet: memoryview  # the whole super-packet, headers included
     payload: memoryview
-    template: bytearray
     version: int
     iphl: int
     proto: int
     size: int  # payload bytes per segment (gso_size); only the last may carry fewer
     count: int
-    # The sums of the fixed header parts, computed on the first `write` (the native kernel
-    # computes its own, so planning for it costs no checksum work):
+    header_len: int  # IP + TCP/UDP header bytes, the same in every segment
+    # Built on the first `write` (the native kernel builds its own, so planning for it costs
+    # neither a template nor checksum work): the headers with their varying fields zeroed,
+    # and the sums of the fixed parts.
+    _template: bytearray | None = None
     ip_sum: int = -1  # the IPv4 header with length, id and checksum zeroed (0 for IPv6)
     l4_sum: int = -1  # the L4 header (varying fields zeroed) plus the pseudo-header addresses
     ident0: int = 0
@@ -143,7 +145,7 @@ class Segments:
         if gso_type is None:
             gso_type = (GSO_UDP_L4 if proto == PROTO_UDP
                         else GSO_TCPV4 if version == 4 else GSO_TCPV6)
-        if gso_type in (GSO_TCPV4, GSO_TCPV6):
+        if gso_type == GSO_TCPV4 or gso_type == GSO_TCPV6:
             if proto != PROTO_TCP or (version == 4) != (gso_type == GSO_TCPV4):
                 raise OffloadError("TSO header does not match the packet")
             if len(packet) < iphl + 20:
@@ -151,13 +153,10 @@ class Segments:
             l4hl = (packet[iphl + 12] >> 4) * 4
             if l4hl < 20:
                 raise OffloadError("bad TCP header length")
-            # Zeroed per segment: sequence number, flags (the low byte of the word at 12), checksum.
-            varying: tuple[tuple[int, int], ...] = ((4, 8), (13, 14), (16, 18))
         elif gso_type == GSO_UDP_L4:
             if proto != PROTO_UDP:
                 raise OffloadError("USO header on a non-UDP packet")
             l4hl = 8
-            varying = ((4, 8),)  # length and checksum
         else:
             raise OffloadError(f"unsupported gso_type {gso_type}")
         start = iphl + l4hl
@@ -165,22 +164,32 @@ class Segments:
             raise OffloadError("super-packet shorter than its headers, or gso_size 0")
         if start + min(gso_size, len(packet) - start) > MAX_IP_LEN:
             raise OffloadError("segments would be longer than an IP packet")
-        template = bytearray(packet[:start])
-        zeroed = ((2, 4), (4, 6), (10, 12)) if version == 4 else ((4, 6),)
-        for a, b in zeroed + tuple((iphl + a, iphl + b) for a, b in varying):
-            template[a:b] = bytes(b - a)
         view = memoryview(packet)
         payload_len = len(packet) - start
-        plan = cls(
-            packet=view, payload=view[start:], template=template, version=version, iphl=iphl,
-            proto=proto,
-            size=gso_size, count=max(1, -(-payload_len // gso_size)),
-            ident0=struct.unpack_from("!H", packet, 4)[0] if version == 4 else 0,
-        )
-        if proto == PROTO_TCP:
-            plan.seq0 = struct.unpack_from("!I", packet, iphl + 4)[0]
-            plan.flags0 = packet[iphl + 13]
-        return plan
+        return cls(view, view[start:], version, iphl, proto, gso_size,
+                   max(1, -(-payload_len // gso_size)), start)
+
+    @property
+    def template(self) -> bytearray:
+        """The headers with the fields that differ per segment zeroed (IP length, id and
+        checksum; TCP sequence number, flags and checksum; UDP length and checksum)."""
+        template = self._template
+        if template is None:
+            packet, iphl, start = self.packet, self.iphl, self.header_len
+            template = self._template = bytearray(packet[:start])
+            zeroed = ((2, 4), (4, 6), (10, 12)) if self.version == 4 else ((4, 6),)
+            if self.proto == PROTO_TCP:
+                # Zeroed: sequence number, flags (the low byte of the word at 12), checksum.
+                varying: tuple[tuple[int, int], ...] = ((4, 8), (13, 14), (16, 18))
+                self.seq0 = struct.unpack_from("!I", packet, iphl + 4)[0]
+                self.flags0 = packet[iphl + 13]
+            else:
+                varying = ((4, 8),)  # length and checksum
+            for a, b in zeroed + tuple((iphl + a, iphl + b) for a, b in varying):
+                template[a:b] = bytes(b - a)
+            if self.version == 4:
+                self.ident0 = struct.unpack_from("!H", packet, 4)[0]
+        return template
 
     def _sum_headers(self) -> None:
         template = memoryview(self.template)
@@ -191,14 +200,14 @@ class Segments:
 
     @property
     def destination(self) -> bytes:
-        address = ip.destination(self.template)
-        assert address is not None  # a template is a parsed IP header
+        address = ip.destination(self.packet)
+        assert address is not None  # a planned packet has a parsed IP header
         return address
 
     @property
     def full_length(self) -> int:
         """Length of a segment carrying a full `size` of payload."""
-        return len(self.template) + self.size
+        return self.header_len + self.size
 
     @property
     def full_count(self) -> int:
@@ -207,7 +216,7 @@ class Segments:
 
     def length(self, i: int) -> int:
         """Length of segment i."""
-        return len(self.template) + min(self.size, len(self.payload) - i * self.size)
+        return self.header_len + min(self.size, len(self.payload) - i * self.size)
 
     def write(self, i: int, buffer: bytearray, offset: int) -> int:
         """Write segment i at `buffer[offset:]`; returns its length."""

@@ -1,9 +1,11 @@
 """The packet loops of a running interface: TUN, UDP and timers around one Device.
 
 Tasks, all children of one nursery (cancelling it is the shutdown path):
-- one TUN reader per queue fd: waits for readability, drains up to a batch of packets, hands
-  them to the core;
-- one UDP reader per socket: likewise for datagrams;
+- one TUN reader per queue fd: waits for readability, drains up to a tick of packets, hands
+  them to the core and sends what it sealed (inline mode: all in one task; threads mode: a
+  reader thread per fd hands batches over a channel to one task that does the rest);
+- one UDP reader per socket: likewise for datagrams, and it writes the decrypted packets to
+  TUN itself (inline) or hands them to a writer thread per fd (threads);
 - the timer task: sleeps until the core's next deadline (`poll_timeout`), which the readers
   pull earlier whenever the core's answer changes;
 - the handshake task: the handshake messages the UDP readers queued in the core (bounded,
@@ -20,6 +22,7 @@ import logging
 import math
 import socket
 import time
+from collections import deque
 from collections.abc import Callable
 
 import attrs
@@ -33,11 +36,11 @@ from fz_trio.shell.tun_io import (
     DEFAULT_TUN_IO,
     READ_BATCH,
     READ_BATCH_BYTES,
+    ItemWriter,
     ReaderHandoff,
     TunIo,
     Waker,
-    run_inline_reader,
-    run_inline_writer,
+    read_tick,
     run_reader,
     run_writer,
     write_packet,
@@ -62,7 +65,9 @@ CHANNEL_PACKETS = 1000
 # reads would queue 64 MB (tens of milliseconds of delay at full speed). 512 KB is ~1.5 ms at
 # 3 Gbit/s: what waits in our channels is bounded in time, not only in packets.
 CHANNEL_BYTES = 512 * 1024
-TICK_PACKETS = 100  # packets the loop takes from TUN per tick (two reader batches)
+# Reads the loop takes from TUN per tick (with offloads a read is up to 64 KB, so the tick also
+# ends at READ_BATCH_BYTES) before it sends what it sealed.
+TICK_PACKETS = 100
 INBOUND_TICK_PACKETS = 64  # decrypt at least this many before handing a batch to the writers
 # Handshake messages handled per turn of the handshake task (a full key exchange is a few
 # hundred microseconds of X25519): between turns every reader gets the loop.
@@ -89,7 +94,9 @@ class PacketLoops:
     _timer_scope: trio.CancelScope | None = None
     _udp_scope: trio.CancelScope | None = None
     _udp_readers_stopped: trio.Event | None = None
-    _writers: list[trio.MemorySendChannel[WriterBatch]] = attrs.Factory(list)
+    _writers: list[trio.MemorySendChannel[WriterBatch]] = attrs.Factory(list)  # threads mode
+    _tun_write_locks: list[trio.Lock] = attrs.Factory(list)  # inline mode, one per fd
+    _write_item: ItemWriter = write_packet
     _handshakes_queued: trio.Event = attrs.Factory(trio.Event)
     _under_load_since: float | None = None
     _drops_at_load: int = 0
@@ -127,30 +134,86 @@ class PacketLoops:
         packets = self.device.take_tun_packets()
         if not packets:
             return
-        writers = self._writers
         offload = self.offload
-        if len(writers) == 1:
-            await writers[0].send(offload.items_for_writer(packets) if offload else packets)
+        n = len(self.tun.fds)
+        if n == 1:
+            await self._to_tun(0, offload.items_for_writer(packets) if offload else packets)
             return
-        # Pin each flow to one writer queue so that queues never reorder a flow.
-        per_queue: list[list[bytearray]] = [[] for _ in writers]
-        n = len(writers)
+        # Pin each flow to one queue so that queues never reorder a flow.
+        per_queue: list[list[bytearray]] = [[] for _ in range(n)]
         for packet in packets:
             per_queue[ip.flow_hash(packet) % n].append(packet)
-        for writer, batch in zip(writers, per_queue, strict=True):
+        for queue, batch in enumerate(per_queue):
             if batch:
-                await writer.send(offload.items_for_writer(batch) if offload else batch)
+                await self._to_tun(queue, offload.items_for_writer(batch) if offload else batch)
+
+    async def _to_tun(self, queue: int, batch: WriterBatch) -> None:
+        if self._writers:  # threads: the queue's writer thread
+            await self._writers[queue].send(batch)
+            return
+        # inline: written here, by the UDP reader that decrypted them. A TUN write takes the
+        # packet into the stack at once and hardly ever blocks; when it does, this reader waits
+        # (the backpressure), one task per fd at a time (Trio allows one waiter per fd).
+        fd = self.tun.fds[queue]
+        pending = deque(batch)
+        while pending:
+            try:
+                replacement = self._write_item(fd, pending[0])
+            except BlockingIOError:
+                async with self._tun_write_locks[queue]:
+                    await trio.lowlevel.wait_writable(fd)
+                continue
+            except OSError as e:  # the kernel refused this packet (e.g. EINVAL): counted
+                self.stats.error("tun_write", e.errno)
+                replacement = None
+            pending.popleft()
+            if replacement:
+                pending.extendleft(reversed(replacement))
 
     def _reschedule(self) -> None:
-        if self._timer_scope is not None:
+        """Pull the timer task's wake-up earlier when the core's next deadline moved earlier.
+        A deadline that moved later (every packet pushes the keepalive timers back) is left:
+        the timer task wakes at the old one, finds nothing due and sleeps again until the
+        real one, which costs one wake-up instead of a deadline update per batch."""
+        scope = self._timer_scope
+        if scope is not None:
             deadline = self.device.poll_timeout()
-            self._timer_scope.deadline = math.inf if deadline is None else deadline
+            if deadline is not None and deadline < scope.deadline:
+                scope.deadline = deadline
 
     # --- the loops ----------------------------------------------------------------------------
 
+    async def _tun_reader(self, fd: int) -> None:
+        """Inline mode: this TUN fd -> core (seal into GSO batches) -> one sendmsg per batch,
+        a tick at a time. After a tick that did not empty the fd, a plain checkpoint lets the
+        other tasks in and the reading goes on without a new wait for readability."""
+        on_error = self._count_error("tun_read", False)
+        stats = self.stats
+        device, offload = self.device, self.offload
+        while True:
+            await trio.lowlevel.wait_readable(fd)
+            while True:
+                tick = read_tick(fd, on_error, TICK_PACKETS, READ_BATCH_BYTES)
+                if tick is None:
+                    return
+                batch, dry = tick
+                if batch:
+                    if offload is None:
+                        device.send_packets(batch, self.now(), time.time())
+                        stats.tun_packets_read += len(batch)
+                    else:
+                        stats.tun_packets_read += device.send_reads(batch, self.now(),
+                                                                    time.time())
+                    stats.tun_batches_read += 1
+                    await self.flush_network()
+                if dry:
+                    break
+                await trio.lowlevel.checkpoint()
+
     async def _outbound(self, receive: trio.MemoryReceiveChannel[list[bytes]],
-                        handoff: ReaderHandoff | None) -> None:
-        """TUN batches -> core (encrypt into GSO batches) -> one sendmsg per batch."""
+                        handoff: ReaderHandoff) -> None:
+        """Threads mode: the reader threads' batches -> core (encrypt into GSO batches) -> one
+        sendmsg per batch."""
         send_packets = self.device.send_packets
         send_reads = self.device.send_reads
         stats = self.stats
@@ -159,8 +222,7 @@ class PacketLoops:
             now, wall = self.now(), time.time()
             taken = 0
             while True:
-                if handoff is not None:
-                    handoff.consumed()
+                handoff.consumed()
                 if offload is None:
                     send_packets(batch, now, wall)
                     taken += len(batch)
@@ -177,18 +239,25 @@ class PacketLoops:
             await self.flush_network()
 
     async def _inbound(self, sock: socket.socket) -> None:
-        """UDP (GRO) -> core (decrypt) -> TUN writer threads."""
+        """UDP (GRO) -> core (decrypt) -> TUN. A tick ends when the socket is empty (then the
+        reader waits for it) or after INBOUND_TICK_PACKETS (then a checkpoint, and on)."""
         buffer = bytearray(65535)
         receive = self.device.receive_batch
         stats = self.stats
+        dry = True
         while True:
-            await trio.lowlevel.wait_readable(sock)
+            if dry:
+                await trio.lowlevel.wait_readable(sock)
+            else:
+                await trio.lowlevel.checkpoint()
             now, wall = self.now(), time.time()
             received = datagrams = 0
+            dry = False
             while received < INBOUND_TICK_PACKETS:
                 try:
                     nbytes, segment, source = receive_segments(sock, buffer)
                 except BlockingIOError:
+                    dry = True
                     break
                 except OSError as e:  # e.g. ICMP port unreachable reported on the socket
                     self.stats.error("udp_receive", e.errno)
@@ -267,40 +336,40 @@ class PacketLoops:
 
     async def _timers(self) -> None:
         while True:
-            with trio.CancelScope() as self._timer_scope:
-                self._reschedule()
+            deadline = self.device.poll_timeout()
+            with trio.CancelScope(deadline=math.inf if deadline is None else deadline
+                                  ) as self._timer_scope:
                 await trio.sleep_forever()
             self.device.handle_timeout(self.now(), time.time())
             await self.flush_network()
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         waker = Waker()
-        queues = len(self.tun.fds)
-        limiter = trio.CapacityLimiter(2 * queues)
-        tun_items = max(1, min(CHANNEL_PACKETS // READ_BATCH, CHANNEL_BYTES // READ_BATCH_BYTES))
-        tun_send, tun_receive = trio.open_memory_channel[list[bytes]](tun_items)
-        threads = self.tun_io is TunIo.THREADS
-        handoff = ReaderHandoff(tun_send, tun_items, waker) if threads else None
+        self._write_item = self.offload.write_item if self.offload else write_packet
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_wake_when_cancelled, waker)
-                read_errors = self._count_error("tun_read", threads)
-                write_errors = self._count_error("tun_write", threads)
-                for fd in self.tun.fds:
-                    writer_send, writer_receive = trio.open_memory_channel[WriterBatch](
-                        max(1, min(CHANNEL_PACKETS // _INBOUND_ITEM_MAX,
-                                   CHANNEL_BYTES // (_INBOUND_ITEM_MAX * self.device.mtu))))
-                    self._writers.append(writer_send)
-                    write_item = self.offload.write_item if self.offload else write_packet
-                    if handoff is not None:
+                if self.tun_io is TunIo.THREADS:
+                    limiter = trio.CapacityLimiter(2 * len(self.tun.fds))
+                    tun_items = max(1, min(CHANNEL_PACKETS // READ_BATCH,
+                                           CHANNEL_BYTES // READ_BATCH_BYTES))
+                    tun_send, tun_receive = trio.open_memory_channel[list[bytes]](tun_items)
+                    handoff = ReaderHandoff(tun_send, tun_items, waker)
+                    read_errors = self._count_error("tun_read", True)
+                    write_errors = self._count_error("tun_write", True)
+                    for fd in self.tun.fds:
+                        writer_send, writer_receive = trio.open_memory_channel[WriterBatch](
+                            max(1, min(CHANNEL_PACKETS // _INBOUND_ITEM_MAX,
+                                       CHANNEL_BYTES // (_INBOUND_ITEM_MAX * self.device.mtu))))
+                        self._writers.append(writer_send)
                         nursery.start_soon(run_reader, fd, waker, handoff, read_errors, limiter)
                         nursery.start_soon(run_writer, fd, waker, writer_receive, write_errors,
-                                           limiter, write_item)
-                    else:
-                        nursery.start_soon(run_inline_reader, fd, tun_send, read_errors)
-                        nursery.start_soon(run_inline_writer, fd, writer_receive, write_errors,
-                                           write_item)
-                nursery.start_soon(self._outbound, tun_receive, handoff)
+                                           limiter, self._write_item)
+                    nursery.start_soon(self._outbound, tun_receive, handoff)
+                else:
+                    for fd in self.tun.fds:
+                        self._tun_write_locks.append(trio.Lock())
+                        nursery.start_soon(self._tun_reader, fd)
                 nursery.start_soon(self._udp_readers)
                 nursery.start_soon(self._timers)
                 nursery.start_soon(self._handshakes)

@@ -9,10 +9,11 @@ The fds are non-blocking and the threads block in `poll` instead of `read`/`writ
 a shared eventfd: `Waker.wake()` makes every poll return at once, so cancelling the nursery stops
 every thread within a poll round trip, never leaving one blocked in a syscall.
 
-`inline` (the default): the same readers and writers as Trio tasks on the event loop thread,
-waiting with `trio.lowlevel.wait_readable`/`wait_writable`. No thread hops and no GIL hand-overs:
-on a 2-core machine shared by both tunnel ends this moves more bytes at a lower latency under
-load, native kernels or not (docs/performance.md).
+`inline` (the default): no threads and no channels. The packet loop's TUN reader task reads
+a tick (`read_tick`), seals it and sends it; its UDP readers write what they decrypted to TUN
+themselves (`fz_trio.shell.runner`). No thread hops, no GIL hand-overs and no task switch per
+batch: on a 2-core machine shared by both tunnel ends this moves more bytes at a lower latency
+under load, native kernels or not (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -83,14 +84,23 @@ def _poller(fd: int, events: int, waker: Waker) -> select.poll:
 def drain(fd: int, on_error: Callable[[int], None]) -> list[bytes] | None:
     """Read what the non-blocking `fd` has, up to a batch; None once the fd is closed or its
     device deleted."""
+    tick = read_tick(fd, on_error, READ_BATCH, READ_BATCH_BYTES)
+    return None if tick is None else tick[0]
+
+
+def read_tick(fd: int, on_error: Callable[[int], None], max_reads: int, max_bytes: int
+              ) -> tuple[list[bytes], bool] | None:
+    """Up to `max_reads` packets or `max_bytes` from the non-blocking `fd`, and whether the fd
+    ran dry (so the caller waits before reading again); None once the fd is closed or its
+    device deleted."""
     batch: list[bytes] = []
     size = 0
     read = os.read
-    while len(batch) < READ_BATCH and size < READ_BATCH_BYTES:
+    while len(batch) < max_reads and size < max_bytes:
         try:
             packet = read(fd, _READ_SIZE)
         except BlockingIOError:
-            break
+            return batch, True
         except OSError as e:
             if e.errno == errno.EBADF:
                 return None
@@ -99,10 +109,10 @@ def drain(fd: int, on_error: Callable[[int], None]) -> list[bytes] | None:
                 # The device was deleted (`ip link del`): the fd reads EBADFD for ever, and the
                 # link watch is about to stop the interface; spinning on it helps nobody.
                 return None
-            break
+            return batch, True
         batch.append(packet)
         size += len(packet)
-    return batch
+    return batch, False
 
 
 def read_loop(fd: int, waker: Waker, deliver: Callable[[list[bytes]], None],
@@ -206,36 +216,3 @@ async def run_writer(fd: int, waker: Waker, receive: trio.MemoryReceiveChannel[l
 
     await trio.to_thread.run_sync(write_loop, fd, waker, fetch, on_error, write_item,
                                   limiter=limiter)
-
-
-# --- inline mode ----------------------------------------------------------------------------
-
-
-async def run_inline_reader(fd: int, send: trio.MemorySendChannel[list[bytes]],
-                            on_error: Callable[[int], None]) -> None:
-    while True:
-        await trio.lowlevel.wait_readable(fd)
-        batch = drain(fd, on_error)
-        if batch is None:
-            return
-        if batch:
-            await send.send(batch)  # waits while the channel is full: the backpressure
-
-
-async def run_inline_writer(fd: int, receive: trio.MemoryReceiveChannel[list[Any]],
-                            on_error: Callable[[int], None],
-                            write_item: ItemWriter = write_packet) -> None:
-    async for batch in receive:
-        pending = deque(batch)
-        while pending:
-            try:
-                replacement = write_item(fd, pending[0])
-            except BlockingIOError:
-                await trio.lowlevel.wait_writable(fd)
-                continue
-            except OSError as e:
-                on_error(e.errno or 0)
-                replacement = None
-            pending.popleft()
-            if replacement:
-                pending.extendleft(reversed(replacement))

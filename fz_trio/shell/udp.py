@@ -11,6 +11,7 @@ import logging
 import socket
 import struct
 import sys
+import weakref
 
 import attrs
 import trio
@@ -169,6 +170,10 @@ class BatchSender:
 
     stats: IoStats
     gso: bool = True  # False from the kernel's first refusal on (or from the start: --no-gso)
+    # Several tasks send on one socket (readers, timers, handshakes) and Trio lets only one of
+    # them wait for it to become writable: the others queue here instead of failing.
+    _waits: weakref.WeakKeyDictionary[socket.socket, trio.Lock] = attrs.Factory(
+        weakref.WeakKeyDictionary)
 
     async def send(self, sock: socket.socket, batch: Batch) -> None:
         while self.gso or batch.count == 1:
@@ -180,7 +185,7 @@ class BatchSender:
                     self.stats.udp_plain_sends += 1
                 return
             except BlockingIOError:
-                if not await _writable(sock):  # backpressure: the kernel queue is full
+                if not await self._writable(sock):  # backpressure: the kernel queue is full
                     self.stats.error("udp_send", errno.EBADF, batch.count)
                     return
             except OSError as e:
@@ -199,7 +204,7 @@ class BatchSender:
                     self.stats.udp_plain_sends += 1
                     break
                 except BlockingIOError:
-                    if not await _writable(sock):
+                    if not await self._writable(sock):
                         self.stats.error("udp_send", errno.EBADF)
                         return
                 except OSError as e:
@@ -207,11 +212,15 @@ class BatchSender:
                     break
 
 
-async def _writable(sock: socket.socket) -> bool:
-    """Wait until `sock` can take more; False when it was closed meanwhile (a new listen port
-    replaced it)."""
-    try:
-        await trio.lowlevel.wait_writable(sock)
-    except trio.ClosedResourceError:
-        return False
-    return True
+    async def _writable(self, sock: socket.socket) -> bool:
+        """Wait until `sock` can take more; False when it was closed meanwhile (a new listen
+        port replaced it)."""
+        lock = self._waits.get(sock)
+        if lock is None:
+            lock = self._waits[sock] = trio.Lock()
+        try:
+            async with lock:
+                await trio.lowlevel.wait_writable(sock)
+        except trio.ClosedResourceError:
+            return False
+        return True

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from fz_trio.core.timers import TimerConfig
 from fz_trio.datapath import Device, ip_packet
-from fz_trio.datapath.offload import Segments, segment
+from fz_trio.datapath.offload import GSO_UDP_L4, PLAIN_HDR, Segments, VnetHeader, segment
 from fz_trio.lab.sim import WALL_EPOCH, Link, SimNetwork, SimNode, det_key, det_random
 from tests.datapath.strategies import TunSuperPacket, tso_packets, uso_packets
 
@@ -106,6 +106,36 @@ def test_send_segments_never_seals_past_reject_after_messages(sp: TunSuperPacket
     sealed_with_it = session.send_counter - (limit - budget)
     assert sealed_with_it == min(budget, segments.count)
     client.tunnel.take_transmits()
+
+
+@SETTINGS
+@given(sp=super_packets, plain=st.integers(0, 2))
+def test_send_reads_takes_apart_what_a_vnet_tun_reads(sp: TunSuperPacket, plain: int) -> None:
+    """TUN reads with their virtio_net_hdr, in order: plain packets, then the super-packet,
+    then a read too short for a header (dropped): delivered as `segment()` gives them."""
+    expected = [bytes(p) for p in segment(sp.hdr, sp.packet)]
+    small = [ip_packet("100.64.0.2", "100.64.0.1", bytes([k]) * 30, 17) for k in range(plain)]
+    reads = [PLAIN_HDR + p for p in small] + [sp.hdr.pack() + sp.packet, b"\x00" * 4]
+    net, client, server = connected()
+    device = client.tunnel
+    assert device.send_reads(reads, net.now, net.wall(client)) == plain + len(expected)
+    assert device.counters.drops["tun_malformed_offload"] == 1
+    assert pump(net, server) == small + expected
+    assert device.stats.super_packets_read == 1
+    assert device.stats.segments_from_super_packets == len(expected)
+
+
+def test_send_reads_counts_a_bad_super_packet() -> None:
+    sp = next(iter(_examples(tso_packets(version=4))))
+    net, client, server = connected()
+    hdr = VnetHeader(sp.hdr.flags, sp.hdr.gso_type, sp.hdr.hdr_len, 0, sp.hdr.csum_start,
+                     sp.hdr.csum_offset)  # gso_size 0
+    wrong = VnetHeader(sp.hdr.flags, GSO_UDP_L4, sp.hdr.hdr_len, sp.hdr.gso_size,
+                       sp.hdr.csum_start, sp.hdr.csum_offset)  # USO on a TCP packet
+    reads = [hdr.pack() + sp.packet, wrong.pack() + sp.packet]
+    assert client.tunnel.send_reads(reads, net.now, net.wall(client)) == 0
+    assert client.tunnel.counters.drops["tun_malformed_offload"] == 2
+    assert pump(net, server) == []
 
 
 def test_send_segments_counts_a_super_packet_without_a_route() -> None:

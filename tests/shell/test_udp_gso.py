@@ -94,3 +94,45 @@ async def test_sender_falls_back_when_the_kernel_refuses_gso(sockets) -> None:  
     await batch_sender.send(sender, _batch(datagrams, endpoint))
     assert _receive(receiver, len(datagrams)) == datagrams
     assert stats.udp_gso_fallbacks == 1 and not stats.errors
+
+
+async def test_sender_lets_many_tasks_wait_for_one_full_socket() -> None:
+    """The packet loop's readers, timer and handshake task all send on the same socket; when
+    its queue is full they must all wait for room (Trio admits one waiter per fd) and all get
+    their datagram out. A datagram socket on an abstract Unix address fills up on its own, like
+    a UDP socket behind a busy NIC."""
+    import trio
+
+    from fz_trio.shell.stats import IoStats
+    from fz_trio.shell.udp import BatchSender
+
+    address = f"\0fz-trio-test-{os.getpid()}"
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        receiver.bind(address)
+        receiver.setblocking(False)
+        sender.setblocking(False)
+        queued = 0
+        with pytest.raises(BlockingIOError):
+            while True:
+                sender.sendto(b"fill", address)
+                queued += 1
+        stats = IoStats()
+        batch_sender = BatchSender(stats)
+        datagrams = [bytes([k]) * 100 for k in range(3)]
+        async with trio.open_nursery() as nursery:
+            for datagram in datagrams:
+                nursery.start_soon(batch_sender.send, sender, _batch([datagram], address))
+            await trio.sleep(0.05)  # all three now wait for room
+            received: list[bytes] = []
+            while len(received) < queued + len(datagrams):
+                try:
+                    received.append(receiver.recv(65535))
+                except BlockingIOError:
+                    await trio.sleep(0.001)
+        assert sorted(received[queued:]) == datagrams and not stats.errors
+        assert stats.udp_plain_sends == len(datagrams)
+    finally:
+        sender.close()
+        receiver.close()
