@@ -46,8 +46,7 @@ from fz_trio.datapath.offload import (
     VNET_HDR_LEN,
     OffloadError,
     Segments,
-    VnetHeader,
-    segment,
+    finish_checksum,
 )
 from fz_trio.datapath.replay import new_window
 
@@ -110,9 +109,12 @@ class Device(Tunnel):
                 continue
             try:
                 gso_type = read[1] & ~GSO_ECN
-                if gso_type == GSO_NONE:
-                    plain.append(segment(VnetHeader.parse(read),
-                                         memoryview(read)[VNET_HDR_LEN:])[0])
+                if gso_type == GSO_NONE:  # a plain packet (e.g. an ACK) with a partial checksum
+                    packet = bytearray(memoryview(read)[VNET_HDR_LEN:])
+                    if read[0] & F_NEEDS_CSUM:
+                        finish_checksum(packet, int.from_bytes(read[6:8], "little"),
+                                        int.from_bytes(read[8:10], "little"))
+                    plain.append(packet)
                     continue
                 # A super-packet: only gso_size and gso_type count (hdr_len and the checksum
                 # offsets are the kernel's hints; the plan reads the headers themselves).

@@ -32,10 +32,11 @@ class IperfResult:
 
 
 def iperf3(net: TestNet, *, seconds: int, reverse: bool = False, streams: int = 1,
-           address: str | None = None, port: int = DEFAULT_PORT,
+           address: str | None = None, port: int = DEFAULT_PORT, bitrate: str | None = None,
            during: Sequence[AbstractContextManager[object]] = ()) -> IperfResult:
     """One iperf3 TCP test from namespace B to a fresh server bound to `address` in A (the
-    tunnel address by default), or A -> B with `reverse`.
+    tunnel address by default), or A -> B with `reverse`. `bitrate` (iperf3's -b, e.g. "1G",
+    per stream) caps the rate; None sends as fast as TCP goes.
 
     `during` is entered in order just before the client starts and left in reverse order just
     after it ends, so what it samples covers the transfer and little else.
@@ -52,6 +53,8 @@ def iperf3(net: TestNet, *, seconds: int, reverse: bool = False, streams: int = 
                 "-P", str(streams), "--connect-timeout", "5000", "--json"]
         if reverse:
             argv.append("-R")
+        if bitrate is not None:
+            argv += ["-b", bitrate]
         with contextlib.ExitStack() as stack:
             for watcher in during:
                 stack.enter_context(watcher)

@@ -97,6 +97,7 @@ class PacketLoops:
     _writers: list[trio.MemorySendChannel[WriterBatch]] = attrs.Factory(list)  # threads mode
     _tun_write_locks: list[trio.Lock] = attrs.Factory(list)  # inline mode, one per fd
     _write_item: ItemWriter = write_packet
+    _tun_read_errors: Callable[[int], None] = lambda _errno: None
     _handshakes_queued: trio.Event = attrs.Factory(trio.Event)
     _under_load_since: float | None = None
     _drops_at_load: int = 0
@@ -130,15 +131,16 @@ class PacketLoops:
 
     # --- core output -> TUN writer threads --------------------------------------------------
 
-    async def deliver_to_tun(self) -> None:
+    async def deliver_to_tun(self) -> bool:
+        """Hand the decrypted packets to TUN; whether there were any."""
         packets = self.device.take_tun_packets()
         if not packets:
-            return
+            return False
         offload = self.offload
         n = len(self.tun.fds)
         if n == 1:
             await self._to_tun(0, offload.items_for_writer(packets) if offload else packets)
-            return
+            return True
         # Pin each flow to one queue so that queues never reorder a flow.
         per_queue: list[list[bytearray]] = [[] for _ in range(n)]
         for packet in packets:
@@ -146,6 +148,7 @@ class PacketLoops:
         for queue, batch in enumerate(per_queue):
             if batch:
                 await self._to_tun(queue, offload.items_for_writer(batch) if offload else batch)
+        return True
 
     async def _to_tun(self, queue: int, batch: WriterBatch) -> None:
         if self._writers:  # threads: the queue's writer thread
@@ -183,32 +186,39 @@ class PacketLoops:
 
     # --- the loops ----------------------------------------------------------------------------
 
-    async def _tun_reader(self, fd: int) -> None:
-        """Inline mode: this TUN fd -> core (seal into GSO batches) -> one sendmsg per batch,
+    async def _tun_reader(self, queue: int) -> None:
+        """Inline mode: TUN queue fd -> core (seal into GSO batches) -> one sendmsg per batch,
         a tick at a time. After a tick that did not empty the fd, a plain checkpoint lets the
         other tasks in and the reading goes on without a new wait for readability."""
-        on_error = self._count_error("tun_read", False)
-        stats = self.stats
-        device, offload = self.device, self.offload
+        fd = self.tun.fds[queue]
         while True:
             await trio.lowlevel.wait_readable(fd)
             while True:
-                tick = read_tick(fd, on_error, TICK_PACKETS, READ_BATCH_BYTES)
-                if tick is None:
+                dry = await self._tun_tick(queue)
+                if dry is None:
                     return
-                batch, dry = tick
-                if batch:
-                    if offload is None:
-                        device.send_packets(batch, self.now(), time.time())
-                        stats.tun_packets_read += len(batch)
-                    else:
-                        stats.tun_packets_read += device.send_reads(batch, self.now(),
-                                                                    time.time())
-                    stats.tun_batches_read += 1
-                    await self.flush_network()
                 if dry:
                     break
                 await trio.lowlevel.checkpoint()
+
+    async def _tun_tick(self, queue: int) -> bool | None:
+        """Read a tick from TUN queue `queue`, seal it and send it: whether the fd ran dry, or
+        None once it is closed."""
+        tick = read_tick(self.tun.fds[queue], self._tun_read_errors, TICK_PACKETS,
+                         READ_BATCH_BYTES)
+        if tick is None:
+            return None
+        batch, dry = tick
+        if batch:
+            stats = self.stats
+            if self.offload is None:
+                self.device.send_packets(batch, self.now(), time.time())
+                stats.tun_packets_read += len(batch)
+            else:
+                stats.tun_packets_read += self.device.send_reads(batch, self.now(), time.time())
+            stats.tun_batches_read += 1
+            await self.flush_network()
+        return dry
 
     async def _outbound(self, receive: trio.MemoryReceiveChannel[list[bytes]],
                         handoff: ReaderHandoff) -> None:
@@ -274,7 +284,12 @@ class PacketLoops:
             if self.device.handshakes_pending:
                 self._handshakes_queued.set()
             await self.flush_network()
-            await self.deliver_to_tun()
+            if await self.deliver_to_tun() and not self._writers:
+                # Writing to TUN runs the stack's receive at once, and what it answers (the
+                # receiver's ACKs; the sender's next segments, which an ACK let out) is already
+                # queued on the TUN fd: sealed and sent now, it needs no wake-up of the reader.
+                for queue in range(len(self.tun.fds)):
+                    await self._tun_tick(queue)
 
     async def _handshakes(self) -> None:
         """The queued handshake messages, HANDSHAKES_PER_TURN at a time, with a checkpoint
@@ -367,9 +382,10 @@ class PacketLoops:
                                            limiter, self._write_item)
                     nursery.start_soon(self._outbound, tun_receive, handoff)
                 else:
-                    for fd in self.tun.fds:
+                    self._tun_read_errors = self._count_error("tun_read", False)
+                    for queue in range(len(self.tun.fds)):
                         self._tun_write_locks.append(trio.Lock())
-                        nursery.start_soon(self._tun_reader, fd)
+                        nursery.start_soon(self._tun_reader, queue)
                 nursery.start_soon(self._udp_readers)
                 nursery.start_soon(self._timers)
                 nursery.start_soon(self._handshakes)

@@ -544,3 +544,15 @@ def counter_sequences(draw: st.DrawFn, max_size: int = 200) -> list[int]:
         current = min(max(0, current + step), 2**64 - 2)
         out.append(current)
     return out
+
+
+@st.composite
+def plain_partial_packets(draw: st.DrawFn) -> tuple[VnetHeader, bytearray, Flow]:
+    proto = draw(st.sampled_from([TCP, UDP]))
+    flow = draw(flows(proto))
+    payload = noise(draw(st.integers(0, 2**32)), draw(st.integers(0, 1400)))
+    flags = draw(st.sampled_from([SYN, SYN | ACK, ACK, ACK | PSH, FIN | ACK, RST, RST | ACK]))
+    packet = build(flow, payload, seq=draw(U32), flags=flags, ident=draw(ipv4_ids), partial=True)
+    hdr = VnetHeader(NEEDS_CSUM, draw(st.sampled_from([GSO_NONE, GSO_NONE | GSO_ECN])), 0, 0,
+                     flow.iphl, 16 if proto == TCP else 6)
+    return hdr, packet, flow

@@ -16,7 +16,13 @@ from fz_trio.core.timers import TimerConfig
 from fz_trio.datapath import Device, ip_packet
 from fz_trio.datapath.offload import GSO_UDP_L4, PLAIN_HDR, Segments, VnetHeader, segment
 from fz_trio.lab.sim import WALL_EPOCH, Link, SimNetwork, SimNode, det_key, det_random
-from tests.datapath.strategies import TunSuperPacket, tso_packets, uso_packets
+from tests.datapath.strategies import (
+    Flow,
+    TunSuperPacket,
+    plain_partial_packets,
+    tso_packets,
+    uso_packets,
+)
 
 SERVER = ("198.18.0.1", 51820)
 CLIENT = ("198.18.0.2", 40000)
@@ -123,6 +129,19 @@ def test_send_reads_takes_apart_what_a_vnet_tun_reads(sp: TunSuperPacket, plain:
     assert pump(net, server) == small + expected
     assert device.stats.super_packets_read == 1
     assert device.stats.segments_from_super_packets == len(expected)
+
+
+@SETTINGS
+@given(case=plain_partial_packets())
+def test_send_reads_finishes_a_partial_checksum(case: tuple[VnetHeader, bytearray, Flow]
+                                                ) -> None:
+    """A plain read with NEEDS_CSUM (the kernel's ACKs) goes out as `segment()` finishes it."""
+    hdr, packet, _flow = case
+    expected = [bytes(p) for p in segment(hdr, packet)]
+    net, client, server = connected()
+    assert client.tunnel.send_reads([hdr.pack() + bytes(packet)], net.now,
+                                    net.wall(client)) == 1
+    assert pump(net, server) == expected
 
 
 def test_send_reads_counts_a_bad_super_packet() -> None:

@@ -57,6 +57,7 @@ from tests.datapath.strategies import (
     ipv4_ids,
     noise,
     ones_sum,
+    plain_partial_packets,
     pseudo_header,
     sequence_numbers,
     timestamps_option,
@@ -300,18 +301,6 @@ def test_write_run_writes_what_write_does(sp: TunSuperPacket, extra: int, offset
 
 
 # --- segment(): plain packets ------------------------------------------------------------------
-
-
-@st.composite
-def plain_partial_packets(draw: st.DrawFn) -> tuple[VnetHeader, bytearray, Flow]:
-    proto = draw(st.sampled_from([TCP, UDP]))
-    flow = draw(flows(proto))
-    payload = noise(draw(st.integers(0, 2**32)), draw(st.integers(0, 1400)))
-    flags = draw(st.sampled_from([SYN, SYN | ACK, ACK, ACK | PSH, FIN | ACK, RST, RST | ACK]))
-    packet = build(flow, payload, seq=draw(U32), flags=flags, ident=draw(ipv4_ids), partial=True)
-    hdr = VnetHeader(NEEDS_CSUM, draw(st.sampled_from([GSO_NONE, GSO_NONE | GSO_ECN])), 0, 0,
-                     flow.iphl, 16 if proto == TCP else 6)
-    return hdr, packet, flow
 
 
 @CHEAP

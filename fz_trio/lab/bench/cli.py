@@ -33,6 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="all (default): core then end to end; core: only the core "
                         "micro-benchmark; e2e: only end to end")
     p.add_argument("--seconds", type=int, default=10, help="iperf3 seconds per run (default 10)")
+    p.add_argument("--bitrate", default=None,
+                   help="cap each iperf3 stream at this rate (iperf3 -b, e.g. 1G): at a load "
+                        "the machine can carry, CPU s/GB compares without contention "
+                        "(default: as fast as TCP goes)")
     p.add_argument("--streams", default="1,4",
                    help="comma-separated iperf3 stream counts, -P (default 1,4)")
     p.add_argument("--pairs", default=",".join(PAIRS),
@@ -112,7 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         jobs = plan(pairs, base, variants)
         progress(f"end to end: {len(jobs)} pairs x {len(streams) * 2} runs of {args.seconds} s")
         for job in jobs:
-            runs += run_job(job, seconds=args.seconds, streams_list=streams)
+            runs += run_job(job, seconds=args.seconds, streams_list=streams,
+                            bitrate=args.bitrate)
         report.add_ratios(runs)
         print(report.format_e2e(runs, args.seconds), flush=True)
 
@@ -121,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = report.document(
             label=base.label, started=started, machine=info, seconds=args.seconds,
             streams=streams, pairs=pairs, fz_args=fz_args, variants=variants, core=core,
-            runs=runs)
+            runs=runs, bitrate=args.bitrate)
         Path(json_path).write_text(json.dumps(results, indent=2) + "\n")
         print(f"results written to {json_path}", flush=True)
     return 1 if any(r.error is not None for r in runs) else 0

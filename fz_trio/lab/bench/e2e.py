@@ -132,7 +132,7 @@ def progress(text: str) -> None:
 
 
 def run_job(job: Job, *, seconds: int, streams_list: Sequence[int],
-            say: Callable[[str], None] = progress) -> list[Run]:
+            bitrate: str | None = None, say: Callable[[str], None] = progress) -> list[Run]:
     """All directions and stream counts of one pair, on its own fresh test network."""
     impls = PAIRS[job.pair]
     client_name, server_name = impls if impls is not None else ("-", "-")
@@ -157,7 +157,7 @@ def run_job(job: Job, *, seconds: int, streams_list: Sequence[int],
             for run in runs:
                 say(f"  {name:<24} {run.direction:<4} -P {run.streams} ...")
                 try:
-                    _measure(net, pair, procs, run, seconds)
+                    _measure(net, pair, procs, run, seconds, bitrate)
                 except Exception as exc:  # noqa: BLE001 - recorded; the other runs still go
                     run.error = _describe(exc, pair)
                     say(f"    failed: {run.error}")
@@ -175,13 +175,13 @@ def run_job(job: Job, *, seconds: int, streams_list: Sequence[int],
 
 
 def _measure(net: TestNet, pair: TunnelPair | None, procs: list[Proc], run: Run,
-             seconds: int) -> None:
+             seconds: int, bitrate: str | None = None) -> None:
     # No tunnel: iperf3 between the underlay addresses of the veth pair, the machine's ceiling.
     address = net.underlay_a if pair is None else net.tunnel_a4
     cpu = CpuSampler([p.pid for p in procs])
     pings = LoadPings(net, address, seconds)
     result = iperf3(net, seconds=seconds, reverse=run.direction == "down", streams=run.streams,
-                    address=address, during=[cpu, pings])
+                    address=address, bitrate=bitrate, during=[cpu, pings])
     run.mbits = result.mbits
     run.retransmits = result.retransmits
     run.bytes_received = result.bytes_received

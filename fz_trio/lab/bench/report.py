@@ -172,14 +172,15 @@ def format_machine(info: dict[str, Any]) -> str:
 def document(*, label: str, started: str, machine: dict[str, Any], seconds: int,
              streams: Sequence[int], pairs: Sequence[str], fz_args: Sequence[str],
              variants: Sequence[Variant], core: Sequence[CoreResult] | None,
-             runs: Sequence[Run]) -> dict[str, Any]:
+             runs: Sequence[Run], bitrate: str | None = None) -> dict[str, Any]:
     """The JSON document of one bench run: everything measured and what it was measured on."""
     return {
         "label": label,
         "started": started,
         "machine": machine,
         "options": {"seconds": seconds, "streams": list(streams), "pairs": list(pairs),
-                    "fz_args": list(fz_args), "variants": [attrs.asdict(v) for v in variants]},
+                    "fz_args": list(fz_args), "variants": [attrs.asdict(v) for v in variants],
+                    "bitrate": bitrate},
         "core": None if core is None else [attrs.asdict(c) for c in core],
         "runs": [r.to_json() for r in runs],
     }
