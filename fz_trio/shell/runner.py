@@ -131,16 +131,15 @@ class PacketLoops:
 
     # --- core output -> TUN writer threads --------------------------------------------------
 
-    async def deliver_to_tun(self) -> bool:
-        """Hand the decrypted packets to TUN; whether there were any."""
+    async def deliver_to_tun(self) -> None:
         packets = self.device.take_tun_packets()
         if not packets:
-            return False
+            return
         offload = self.offload
         n = len(self.tun.fds)
         if n == 1:
             await self._to_tun(0, offload.items_for_writer(packets) if offload else packets)
-            return True
+            return
         # Pin each flow to one queue so that queues never reorder a flow.
         per_queue: list[list[bytearray]] = [[] for _ in range(n)]
         for packet in packets:
@@ -148,7 +147,6 @@ class PacketLoops:
         for queue, batch in enumerate(per_queue):
             if batch:
                 await self._to_tun(queue, offload.items_for_writer(batch) if offload else batch)
-        return True
 
     async def _to_tun(self, queue: int, batch: WriterBatch) -> None:
         if self._writers:  # threads: the queue's writer thread
@@ -284,12 +282,7 @@ class PacketLoops:
             if self.device.handshakes_pending:
                 self._handshakes_queued.set()
             await self.flush_network()
-            if await self.deliver_to_tun() and not self._writers:
-                # Writing to TUN runs the stack's receive at once, and what it answers (the
-                # receiver's ACKs; the sender's next segments, which an ACK let out) is already
-                # queued on the TUN fd: sealed and sent now, it needs no wake-up of the reader.
-                for queue in range(len(self.tun.fds)):
-                    await self._tun_tick(queue)
+            await self.deliver_to_tun()
 
     async def _handshakes(self) -> None:
         """The queued handshake messages, HANDSHAKES_PER_TURN at a time, with a checkpoint
