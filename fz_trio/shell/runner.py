@@ -335,6 +335,8 @@ class PacketLoops:
         """Carry on with the sockets `udp`; returns the old ones, whose readers have stopped
         (the caller closes them, after `trio.lowlevel.notify_closing`)."""
         old, self.udp = self.udp, udp
+        if self._under_load_since is not None:  # the flood goes on at the new port too
+            set_receive_buffer(udp, UNDER_LOAD_BUFFER_BYTES)
         if self._udp_scope is not None:
             self._udp_readers_stopped = stopped = trio.Event()
             self._udp_scope.cancel()
