@@ -43,10 +43,11 @@ from fz_trio.datapath.offload import (
     F_NEEDS_CSUM,
     GSO_ECN,
     GSO_NONE,
+    VNET_HDR,
     VNET_HDR_LEN,
     OffloadError,
     Segments,
-    finish_checksum,
+    plain_packet,
 )
 from fz_trio.datapath.replay import new_window
 
@@ -108,18 +109,17 @@ class Device(Tunnel):
                 plain.append(memoryview(read)[VNET_HDR_LEN:])
                 continue
             try:
-                gso_type = read[1] & ~GSO_ECN
-                if gso_type == GSO_NONE:  # a plain packet (e.g. an ACK) with a partial checksum
-                    packet = bytearray(memoryview(read)[VNET_HDR_LEN:])
-                    if read[0] & F_NEEDS_CSUM:
-                        finish_checksum(packet, int.from_bytes(read[6:8], "little"),
-                                        int.from_bytes(read[8:10], "little"))
-                    plain.append(packet)
+                # The header's fields as a tuple: a VnetHeader object costs more than the plan.
+                flags, gso_type, _hdr_len, gso_size, csum_start, csum_offset = (
+                    VNET_HDR.unpack_from(read))
+                gso_type &= ~GSO_ECN
+                if gso_type == GSO_NONE:  # plain, with a partial checksum (the ACKs, mostly)
+                    plain.append(plain_packet(memoryview(read)[VNET_HDR_LEN:], flags, csum_start,
+                                              csum_offset))
                     continue
-                # A super-packet: only gso_size and gso_type count (hdr_len and the checksum
-                # offsets are the kernel's hints; the plan reads the headers themselves).
-                segments = Segments.plan(memoryview(read)[VNET_HDR_LEN:],
-                                         int.from_bytes(read[4:6], "little"), gso_type)
+                # A super-packet: hdr_len and the checksum offsets are the kernel's hints; the
+                # plan reads the headers themselves.
+                segments = Segments.plan(memoryview(read)[VNET_HDR_LEN:], gso_size, gso_type)
             except OffloadError:
                 self.counters.drop("tun_malformed_offload")
                 continue

@@ -92,13 +92,20 @@ def finish_checksum(packet: bytearray, csum_start: int, csum_offset: int) -> Non
     packet[where:where + 2] = value.to_bytes(2, "big")
 
 
+def plain_packet(packet: bytes | bytearray | memoryview, flags: int, csum_start: int,
+                 csum_offset: int) -> bytearray:
+    """A TUN read without GSO as a packet of its own, its partial checksum completed if the
+    vnet header's `flags` say NEEDS_CSUM."""
+    out = bytearray(packet)
+    if flags & F_NEEDS_CSUM:
+        finish_checksum(out, csum_start, csum_offset)
+    return out
+
+
 def segment(hdr: VnetHeader, packet: bytes | bytearray | memoryview) -> list[bytearray]:
     """The ordinary packets a TUN read stands for, each with complete, valid checksums."""
     if hdr.gso_type & ~GSO_ECN == GSO_NONE:
-        out = bytearray(packet)
-        if hdr.flags & F_NEEDS_CSUM:
-            finish_checksum(out, hdr.csum_start, hdr.csum_offset)
-        return [out]
+        return [plain_packet(packet, hdr.flags, hdr.csum_start, hdr.csum_offset)]
     return Segments.of(hdr, packet).packets()
 
 
@@ -121,9 +128,8 @@ class Segments:
     size: int  # payload bytes per segment (gso_size); only the last may carry fewer
     count: int
     header_len: int  # IP + TCP/UDP header bytes, the same in every segment
-    # Built on the first `write` (the native kernel builds its own, so planning for it costs
-    # neither a template nor checksum work): the headers with their varying fields zeroed,
-    # and the sums of the fixed parts.
+    # Built together by `_prepare` on the first `write` (the native kernel builds its own, so
+    # planning for it costs neither a template nor checksum work):
     _template: bytearray | None = None
     ip_sum: int = -1  # the IPv4 header with length, id and checksum zeroed (0 for IPv6)
     l4_sum: int = -1  # the L4 header (varying fields zeroed) plus the pseudo-header addresses
@@ -173,30 +179,32 @@ class Segments:
     def template(self) -> bytearray:
         """The headers with the fields that differ per segment zeroed (IP length, id and
         checksum; TCP sequence number, flags and checksum; UDP length and checksum)."""
-        template = self._template
-        if template is None:
-            packet, iphl, start = self.packet, self.iphl, self.header_len
-            template = self._template = bytearray(packet[:start])
-            zeroed = ((2, 4), (4, 6), (10, 12)) if self.version == 4 else ((4, 6),)
-            if self.proto == PROTO_TCP:
-                # Zeroed: sequence number, flags (the low byte of the word at 12), checksum.
-                varying: tuple[tuple[int, int], ...] = ((4, 8), (13, 14), (16, 18))
-                self.seq0 = struct.unpack_from("!I", packet, iphl + 4)[0]
-                self.flags0 = packet[iphl + 13]
-            else:
-                varying = ((4, 8),)  # length and checksum
-            for a, b in zeroed + tuple((iphl + a, iphl + b) for a, b in varying):
-                template[a:b] = bytes(b - a)
-            if self.version == 4:
-                self.ident0 = struct.unpack_from("!H", packet, 4)[0]
-        return template
+        if self._template is None:
+            self._prepare()
+        assert self._template is not None
+        return self._template
 
-    def _sum_headers(self) -> None:
-        template = memoryview(self.template)
-        iphl = self.iphl
-        self.ip_sum = ones_sum(template[:iphl]) if self.version == 4 else 0
-        self.l4_sum = ones_sum(template[iphl:]) + pseudo_header_sum(self.packet, self.version,
-                                                                      self.proto, 0)
+    def _prepare(self) -> None:
+        """What writing segments needs, built on the first `write`: the template, the sums of
+        its fixed parts, and the first segment's IPv4 id and TCP sequence number and flags."""
+        packet, iphl, version = self.packet, self.iphl, self.version
+        template = bytearray(packet[:self.header_len])
+        zeroed = ((2, 4), (4, 6), (10, 12)) if version == 4 else ((4, 6),)
+        if self.proto == PROTO_TCP:
+            # Zeroed: sequence number, flags (the low byte of the word at 12), checksum.
+            varying: tuple[tuple[int, int], ...] = ((4, 8), (13, 14), (16, 18))
+            self.seq0 = struct.unpack_from("!I", packet, iphl + 4)[0]
+            self.flags0 = packet[iphl + 13]
+        else:
+            varying = ((4, 8),)  # length and checksum
+        for a, b in zeroed + tuple((iphl + a, iphl + b) for a, b in varying):
+            template[a:b] = bytes(b - a)
+        if version == 4:
+            self.ident0 = struct.unpack_from("!H", packet, 4)[0]
+        self._template = template
+        view = memoryview(template)
+        self.ip_sum = ones_sum(view[:iphl]) if version == 4 else 0
+        self.l4_sum = ones_sum(view[iphl:]) + pseudo_header_sum(packet, version, self.proto, 0)
 
     @property
     def destination(self) -> bytes:
@@ -220,8 +228,8 @@ class Segments:
 
     def write(self, i: int, buffer: bytearray, offset: int) -> int:
         """Write segment i at `buffer[offset:]`; returns its length."""
-        if self.l4_sum < 0:
-            self._sum_headers()
+        if self._template is None:
+            self._prepare()
         template = self.template
         hl = len(template)
         first = i * self.size
@@ -275,8 +283,8 @@ class Segments:
         hl = len(template)
         size = self.size
         payload = self.payload
-        if self.l4_sum < 0:
-            self._sum_headers()
+        if self._template is None:
+            self._prepare()
         ip_sum, l4_sum, ident0, seq0 = self.ip_sum, self.l4_sum, self.ident0, self.seq0
         last = self.count - 1
         total = hl + size
