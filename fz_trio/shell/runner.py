@@ -44,6 +44,7 @@ from fz_trio.shell.tun_io import (
     run_reader,
     run_writer,
     write_packet,
+    write_pending,
 )
 from fz_trio.shell.tun_offload import TunOffload, WriteItem
 from fz_trio.shell.udp import (
@@ -96,8 +97,6 @@ class PacketLoops:
     _udp_readers_stopped: trio.Event | None = None
     _writers: list[trio.MemorySendChannel[WriterBatch]] = attrs.Factory(list)  # threads mode
     _tun_write_locks: list[trio.Lock] = attrs.Factory(list)  # inline mode, one per fd
-    _write_item: ItemWriter = write_packet
-    _tun_read_errors: Callable[[int], None] = lambda _errno: None
     _handshakes_queued: trio.Event = attrs.Factory(trio.Event)
     _under_load_since: float | None = None
     _drops_at_load: int = 0
@@ -105,15 +104,12 @@ class PacketLoops:
     def now(self) -> float:
         return trio.current_time()
 
-    def _count_error(self, where: str, from_thread: bool) -> Callable[[int], None]:
-        """A callback that counts an errno (from a worker thread: on the Trio thread)."""
+    def _count_error_from_thread(self, where: str) -> Callable[[int], None]:
+        """A callback for a worker thread that counts an errno, on the Trio thread."""
         error = self.stats.error
 
         def count(err: int) -> None:
-            if from_thread:
-                trio.from_thread.run_sync(error, where, err)
-            else:
-                error(where, err)
+            trio.from_thread.run_sync(error, where, err)
         return count
 
     # --- core output -> UDP ----------------------------------------------------------------
@@ -149,7 +145,7 @@ class PacketLoops:
                 await self._to_tun(queue, offload.items_for_writer(batch) if offload else batch)
 
     async def _to_tun(self, queue: int, batch: WriterBatch) -> None:
-        if self._writers:  # threads: the queue's writer thread
+        if self.tun_io is TunIo.THREADS:  # the queue's writer thread
             await self._writers[queue].send(batch)
             return
         # inline: written here, by the UDP reader that decrypted them. A TUN write takes the
@@ -157,19 +153,26 @@ class PacketLoops:
         # (the backpressure), one task per fd at a time (Trio allows one waiter per fd).
         fd = self.tun.fds[queue]
         pending = deque(batch)
-        while pending:
+        while True:
             try:
-                replacement = self._write_item(fd, pending[0])
-            except BlockingIOError:
-                async with self._tun_write_locks[queue]:
-                    await trio.lowlevel.wait_writable(fd)
+                if not write_pending(fd, pending, self._write_item, self._tun_write_error):
+                    return
+            except OSError as e:  # EBADF: counted like any refused write, as before
+                self._tun_write_error(e.errno or 0)
+                pending.popleft()
                 continue
-            except OSError as e:  # the kernel refused this packet (e.g. EINVAL): counted
-                self.stats.error("tun_write", e.errno)
-                replacement = None
-            pending.popleft()
-            if replacement:
-                pending.extendleft(reversed(replacement))
+            async with self._tun_write_locks[queue]:
+                await trio.lowlevel.wait_writable(fd)
+
+    def _tun_read_error(self, err: int) -> None:
+        self.stats.error("tun_read", err)
+
+    def _tun_write_error(self, err: int) -> None:
+        self.stats.error("tun_write", err)
+
+    @property
+    def _write_item(self) -> ItemWriter:
+        return self.offload.write_item if self.offload else write_packet
 
     def _reschedule(self) -> None:
         """Pull the timer task's wake-up earlier when the core's next deadline moved earlier.
@@ -184,58 +187,44 @@ class PacketLoops:
 
     # --- the loops ----------------------------------------------------------------------------
 
-    async def _tun_reader(self, queue: int) -> None:
+    def _seal_reads(self, batch: list[bytes], now: float, wall: float) -> int:
+        """TUN reads to the Device (sealed into GSO batches); how many packets they carried."""
+        if self.offload is None:
+            self.device.send_packets(batch, now, wall)
+            return len(batch)
+        return self.device.send_reads(batch, now, wall)
+
+    async def _tun_reader(self, fd: int) -> None:
         """Inline mode: TUN queue fd -> core (seal into GSO batches) -> one sendmsg per batch,
         a tick at a time. After a tick that did not empty the fd, a plain checkpoint lets the
         other tasks in and the reading goes on without a new wait for readability."""
-        fd = self.tun.fds[queue]
+        stats = self.stats
         while True:
             await trio.lowlevel.wait_readable(fd)
             while True:
-                dry = await self._tun_tick(queue)
-                if dry is None:
+                tick = read_tick(fd, self._tun_read_error, TICK_PACKETS, READ_BATCH_BYTES)
+                if tick is None:
                     return
+                batch, dry = tick
+                if batch:
+                    stats.tun_packets_read += self._seal_reads(batch, self.now(), time.time())
+                    stats.tun_batches_read += 1
+                    await self.flush_network()
                 if dry:
                     break
                 await trio.lowlevel.checkpoint()
-
-    async def _tun_tick(self, queue: int) -> bool | None:
-        """Read a tick from TUN queue `queue`, seal it and send it: whether the fd ran dry, or
-        None once it is closed."""
-        tick = read_tick(self.tun.fds[queue], self._tun_read_errors, TICK_PACKETS,
-                         READ_BATCH_BYTES)
-        if tick is None:
-            return None
-        batch, dry = tick
-        if batch:
-            stats = self.stats
-            if self.offload is None:
-                self.device.send_packets(batch, self.now(), time.time())
-                stats.tun_packets_read += len(batch)
-            else:
-                stats.tun_packets_read += self.device.send_reads(batch, self.now(), time.time())
-            stats.tun_batches_read += 1
-            await self.flush_network()
-        return dry
 
     async def _outbound(self, receive: trio.MemoryReceiveChannel[list[bytes]],
                         handoff: ReaderHandoff) -> None:
         """Threads mode: the reader threads' batches -> core (encrypt into GSO batches) -> one
         sendmsg per batch."""
-        send_packets = self.device.send_packets
-        send_reads = self.device.send_reads
         stats = self.stats
-        offload = self.offload
         async for batch in receive:
             now, wall = self.now(), time.time()
             taken = 0
             while True:
                 handoff.consumed()
-                if offload is None:
-                    send_packets(batch, now, wall)
-                    taken += len(batch)
-                else:
-                    taken += send_reads(batch, now, wall)
+                taken += self._seal_reads(batch, now, wall)
                 stats.tun_batches_read += 1
                 if taken + READ_BATCH > TICK_PACKETS:
                     break
@@ -355,7 +344,6 @@ class PacketLoops:
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         waker = Waker()
-        self._write_item = self.offload.write_item if self.offload else write_packet
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_wake_when_cancelled, waker)
@@ -365,8 +353,8 @@ class PacketLoops:
                                            CHANNEL_BYTES // READ_BATCH_BYTES))
                     tun_send, tun_receive = trio.open_memory_channel[list[bytes]](tun_items)
                     handoff = ReaderHandoff(tun_send, tun_items, waker)
-                    read_errors = self._count_error("tun_read", True)
-                    write_errors = self._count_error("tun_write", True)
+                    read_errors = self._count_error_from_thread("tun_read")
+                    write_errors = self._count_error_from_thread("tun_write")
                     for fd in self.tun.fds:
                         writer_send, writer_receive = trio.open_memory_channel[WriterBatch](
                             max(1, min(CHANNEL_PACKETS // _INBOUND_ITEM_MAX,
@@ -377,10 +365,9 @@ class PacketLoops:
                                            limiter, self._write_item)
                     nursery.start_soon(self._outbound, tun_receive, handoff)
                 else:
-                    self._tun_read_errors = self._count_error("tun_read", False)
-                    for queue in range(len(self.tun.fds)):
+                    for fd in self.tun.fds:
                         self._tun_write_locks.append(trio.Lock())
-                        nursery.start_soon(self._tun_reader, queue)
+                        nursery.start_soon(self._tun_reader, fd)
                 nursery.start_soon(self._udp_readers)
                 nursery.start_soon(self._timers)
                 nursery.start_soon(self._handshakes)

@@ -131,6 +131,29 @@ def read_loop(fd: int, waker: Waker, deliver: Callable[[list[bytes]], None],
             deliver(batch)
 
 
+def write_pending(fd: int, pending: deque[Any], write_item: ItemWriter,
+                  on_error: Callable[[int], None]) -> bool:
+    """Write the items of `pending` to `fd` in order, taking each off once written (the
+    replacements a write asks for go first); True when the fd would block with items left.
+    An item the kernel refuses is counted with `on_error` and skipped; EBADF (the fd was
+    closed) is raised, with the item still first."""
+    while pending:
+        try:
+            replacement = write_item(fd, pending[0])
+        except BlockingIOError:
+            return True
+        except OSError as e:
+            # The kernel refused this packet (e.g. EINVAL for a malformed one): count it.
+            if e.errno == errno.EBADF:
+                raise
+            on_error(e.errno or 0)
+            replacement = None
+        pending.popleft()
+        if replacement:
+            pending.extendleft(reversed(replacement))
+    return False
+
+
 def write_loop(fd: int, waker: Waker, fetch: Callable[[], list[Any] | None],
                on_error: Callable[[int], None], write_item: ItemWriter = write_packet) -> None:
     """Thread body: `fetch` batches (None at the end) and write each item to `fd`."""
@@ -140,23 +163,15 @@ def write_loop(fd: int, waker: Waker, fetch: Callable[[], list[Any] | None],
         if batch is None:
             return
         pending = deque(batch)
-        while pending:
+        while True:
             try:
-                replacement = write_item(fd, pending[0])
-            except BlockingIOError:
-                poller.poll()
-                if waker.stopped:
-                    return
-                continue
-            except OSError as e:
-                # The kernel refused this packet (e.g. EINVAL for a malformed one): count it.
-                if e.errno == errno.EBADF:
-                    return
-                on_error(e.errno or 0)
-                replacement = None
-            pending.popleft()
-            if replacement:
-                pending.extendleft(reversed(replacement))
+                if not write_pending(fd, pending, write_item, on_error):
+                    break
+            except OSError:  # EBADF: the fd was closed
+                return
+            poller.poll()
+            if waker.stopped:
+                return
 
 
 class ReaderHandoff:
